@@ -1,0 +1,199 @@
+"""What every query-based attack shares: config, input checks, budgets, active masks, verification, result.
+
+An attack subclasses :class:`Attack`, declares its config dataclass and implements ``_run(state, gen)`` using
+only :class:`AttackState` (which wraps the black box). The base ``run`` does everything else once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from rfd.attacks.projections import project
+from rfd.attacks.result import AttackResult
+from rfd.blackbox.base import BlackBox
+from rfd.blackbox.losses import margin_loss
+from rfd.blackbox.threat import ThreatModel, distances
+from rfd.data.checks import check_images_labels
+
+__all__ = ["AttackConfig", "Attack", "AttackState"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+    """Settings every attack takes (subclasses add their own fields, all keyword-only)."""
+
+    norm: str = "linf"  # "linf" or "l2"
+    eps: float = 0.05  # radius of the threat model, pixel units ([0, 1] images)
+    budget: int = 1000  # queries per sample (EOT repetitions included)
+    seed: int = 0  # seed of every random draw the attack makes
+    eot: int = 1  # M forwards averaged per loss evaluation (score-based); each costs M queries
+
+    def __post_init__(self) -> None:
+        ThreatModel(norm=self.norm, eps=self.eps)  # type: ignore[arg-type]  # validates norm and eps
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1 query, got {self.budget}")
+        if self.eot < 1:
+            raise ValueError(f"eot must be >= 1 forward per query, got {self.eot}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class AttackState:
+    """Working state of one batched attack run, and the attack's only access to the black box.
+
+    Attributes:
+        x0: clean images (N, C, H, W) on the black box's device; y: labels (N,).
+        active: bool (N,), samples still being attacked (clean-correct, not yet broken, budget left).
+        success: bool (N,); success_queries: int64 (N,) queries at first verified success (-1 if none).
+        x_adv: (N, C, H, W), per sample the verified adversarial image, else the attack's latest iterate.
+    """
+
+    def __init__(self, bb: BlackBox, x0: torch.Tensor, y: torch.Tensor, config: AttackConfig,
+                 clean_correct: torch.Tensor, progress: bool = False, desc: str = "attack") -> None:
+        self.bb = bb
+        self.x0 = x0
+        self.y = y
+        self.config = config
+        self.threat = ThreatModel(norm=config.norm, eps=config.eps)  # type: ignore[arg-type]
+        self.budget = config.budget
+        self.n = x0.shape[0]
+        self.success = torch.zeros(self.n, dtype=torch.bool, device=x0.device)
+        self.success_queries = torch.full((self.n,), -1, dtype=torch.int64, device=x0.device)
+        self.x_adv = x0.clone()
+        self.active = clean_correct.clone()
+        self._bar = tqdm(total=int(self.active.sum()) * self.budget, desc=desc, unit="q", disable=not progress,
+                         leave=False)
+        self._charged = 0
+
+    # -- budget ---------------------------------------------------------------------------------------
+    def remaining(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """int64 queries left per sample (all N, or rows ``idx``)."""
+        q = self.bb.queries
+        left = self.budget - q
+        return left if idx is None else left[idx]
+
+    def active_idx(self, cost: int = 1) -> torch.Tensor:
+        """int64 indices of active samples that can still pay ``cost`` queries; exhausted ones are retired."""
+        can = self.remaining() >= cost
+        self.active &= can
+        return torch.nonzero(self.active).flatten()
+
+    def _tick(self) -> None:
+        total = int(self.bb.queries.sum())
+        self._bar.update(total - self._charged)
+        self._charged = total
+        self._bar.set_postfix(active=int(self.active.sum()), broken=int(self.success.sum()), refresh=False)
+
+    # -- queries (charged) ----------------------------------------------------------------------------
+    def scores(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Scores (B, K) of x (B, C, H, W) for samples idx; costs ``eot`` queries per row."""
+        out = self.bb.scores(x, idx, repeats=self.config.eot)
+        self._tick()
+        return out
+
+    def margin(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The paper's margin loss (B,) of x for samples idx (negative = looks adversarial); costs ``eot``."""
+        return margin_loss(self.scores(x, idx), self.y[idx])
+
+    def labels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Predicted labels (B,) of x for samples idx; costs 1 query per row."""
+        out = self.bb.labels(x, idx)
+        self._tick()
+        return out
+
+    # -- geometry -------------------------------------------------------------------------------------
+    def project(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Project x (B, ...) onto the eps-ball around x0[idx] and [0, 1]."""
+        return project(x, self.x0[idx], self.config.norm, self.config.eps)
+
+    # -- success (verified, not charged) ----------------------------------------------------------------
+    def report(self, x: torch.Tensor, idx: torch.Tensor, claimed: torch.Tensor | None = None) -> torch.Tensor:
+        """Offer candidates x (B, ...) for samples idx whose own query looked adversarial (``claimed``, bool (B,);
+        default all). Each claim is verified by majority vote and the eps-ball test; verified samples are marked
+        broken at their current query count, store x, and stop. Returns bool (B,): verified."""
+        verified = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        sel = torch.ones_like(verified) if claimed is None else claimed
+        sel = sel & self.active[idx]
+        if bool(sel.any()):
+            i = idx[sel]
+            ok = self.bb.is_adversarial(x[sel], self.y[i], x0=self.x0[i], threat=self.threat)
+            hit = i[ok]
+            self.success[hit] = True
+            self.success_queries[hit] = self.bb.queries[hit]
+            self.x_adv[hit] = x[sel][ok]
+            self.active[hit] = False
+            verified[sel] = ok
+        return verified
+
+    def keep(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        """Remember the attack's current iterate x for samples idx (the final image of failed samples)."""
+        open_ = ~self.success[idx]
+        self.x_adv[idx[open_]] = x[open_]
+
+    def close(self) -> None:
+        self._tick()
+        self._bar.close()
+
+
+class Attack(ABC):
+    """Base of all query-based attacks. Subclasses set ``name``, ``access`` and ``norms`` and implement _run.
+
+    The attack object keeps no state between calls: ``run`` may be called again on other images."""
+
+    name: ClassVar[str] = "attack"
+    access: ClassVar[str] = "scores"  # "scores" or "labels": what the attack needs from the black box
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    config_class: ClassVar[type[AttackConfig]] = AttackConfig
+
+    def __init__(self, config: AttackConfig | None = None, **kwargs: Any) -> None:
+        if config is None:
+            config = self.config_class(**kwargs)
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        if config.norm not in self.norms:
+            raise ValueError(f"{self.name} supports norms {self.norms}, got {config.norm!r}")
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    def run(self, bb: BlackBox, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> AttackResult:
+        """Attack images x (N, C, H, W) in [0, 1] with labels y (N,) through black box ``bb``.
+
+        The black box's budget, if set, must be at least the attack's; counts are reset by this call."""
+        check_images_labels(x, y)
+        if self.access == "scores" and bb.access != "scores":
+            raise ValueError(f"{self.name} is score-based but the black box answers labels only")
+        if bb.budget is not None and bb.budget < self.config.budget:
+            raise ValueError(f"black-box budget {bb.budget} is below the attack budget {self.config.budget}")
+        dev = bb.device
+        x0, y0 = x.to(dev), y.to(dev)
+        bb.start(x0.shape[0])
+        clean_correct = ~bb.is_adversarial(x0, y0)
+        state = AttackState(bb, x0, y0, self.config, clean_correct, progress=progress, desc=self.name)
+        gen = torch.Generator(device=dev).manual_seed(self.config.seed)
+        try:
+            self._run(state, gen)
+        finally:
+            state.close()
+        linf, l2 = distances(state.x_adv, x0)
+        queries = torch.where(state.success, state.success_queries, bb.queries)
+        return AttackResult(
+            attack=self.name, norm=self.config.norm, eps=self.config.eps, budget=self.config.budget,
+            clean_correct=clean_correct.cpu(), success=state.success.cpu(), queries=queries.cpu(),
+            x_adv=state.x_adv.cpu(), linf=linf.cpu(), l2=l2.cpu(),
+            verification_forwards=bb.verification_forwards, config=self.config.to_dict(),
+        )
+
+    @abstractmethod
+    def _run(self, state: AttackState, gen: torch.Generator) -> None:
+        """Advance all active samples together until each succeeds (``state.report``) or runs out of budget."""

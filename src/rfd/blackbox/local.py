@@ -1,0 +1,64 @@
+"""A black box around an in-process PyTorch model (possibly randomized by a defense)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rfd.blackbox.base import Access, BlackBox
+
+__all__ = ["LocalBlackBox"]
+
+
+class LocalBlackBox(BlackBox):
+    """Query a local classifier (a module mapping [0, 1] images to logits).
+
+    Args:
+        model: the (defended) classifier, in eval mode.
+        output: ``"logits"`` or ``"probs"`` (softmax) for score access.
+        max_batch: split larger query batches into chunks of this size (bounds memory; same answers).
+        access, budget, verify: see :class:`BlackBox`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        access: Access = "scores",
+        output: Literal["logits", "probs"] = "logits",
+        budget: int | None = None,
+        verify: int = 9,
+        max_batch: int = 4096,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(access=access, budget=budget, verify=verify)
+        if output not in ("logits", "probs"):
+            raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
+        self.model = model.eval()
+        self.output = output
+        self.max_batch = max_batch
+        try:
+            self._device = next(model.parameters()).device
+        except StopIteration:
+            self._device = torch.device("cpu")
+        self._num_classes = num_classes if num_classes is not None else int(getattr(model, "num_classes", 0)) or None
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            raise AttributeError("num_classes unknown: pass num_classes= to LocalBlackBox")
+        return self._num_classes
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self.model(x[i: i + self.max_batch]) for i in range(0, x.shape[0], self.max_batch)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if self._num_classes is None:
+            self._num_classes = out.shape[1]
+        return out.softmax(1) if self.output == "probs" else out

@@ -1,0 +1,75 @@
+"""Helpers shared by the CLI commands: common flags, output, logging. No experiment logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Any
+
+import torch
+
+__all__ = ["add_common", "emit", "setup_logging", "resolve_device", "to_jsonable", "CLIError"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True, device: bool = True) -> None:
+    """Flags every number-reporting command takes: --json, --quiet, --device, --threads."""
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress/logs go to stderr)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info logs")
+    if device:
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    return dev
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(int(args.threads))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tensors, dataclasses, paths and non-finite floats into plain JSON values."""
+    import dataclasses
+    from pathlib import Path
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    """Print ``payload`` as one JSON object with --json, else the human ``text``."""
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(to_jsonable(payload), indent=None) + "\n")
+    else:
+        sys.stdout.write(text.rstrip("\n") + "\n")

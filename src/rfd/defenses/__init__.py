@@ -1,0 +1,1 @@
+"""rfd.defenses."""

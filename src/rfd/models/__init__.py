@@ -1,0 +1,11 @@
+"""Classifier contract, reference architectures, registry, checkpoints and training."""
+
+from rfd.models.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from rfd.models.classifier import ImageClassifier
+from rfd.models.registry import ModelEntry, create_model, get_entry, list_models, register_model
+from rfd.models.training import TrainConfig, evaluate_accuracy, train_classifier
+
+__all__ = [
+    "ImageClassifier", "ModelEntry", "create_model", "get_entry", "list_models", "register_model",
+    "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "TrainConfig", "train_classifier", "evaluate_accuracy",
+]
