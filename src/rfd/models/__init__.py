@@ -2,10 +2,13 @@
 
 from rfd.models.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from rfd.models.classifier import ImageClassifier
+from rfd.models.loading import TIMM_PREFIX, load_model
 from rfd.models.registry import ModelEntry, create_model, get_entry, list_models, register_model
+from rfd.models.timm_adapter import create_timm_classifier
 from rfd.models.training import TrainConfig, evaluate_accuracy, train_classifier
 
 __all__ = [
     "ImageClassifier", "ModelEntry", "create_model", "get_entry", "list_models", "register_model",
     "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "TrainConfig", "train_classifier", "evaluate_accuracy",
+    "load_model", "TIMM_PREFIX", "create_timm_classifier",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, strict: b
             state = torch.load(str(p), map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{p}: expected a dict of tensors, got {type(state).__name__}")
