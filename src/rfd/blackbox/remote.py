@@ -1,0 +1,244 @@
+"""A black box that queries a model served by ``rfd serve`` over HTTP, so every attack runs unchanged against
+a served (defended) model.
+
+Accounting. The server charges every image it answers to the API key that sent it, including the forwards
+of the uncounted success checks (``is_adversarial``), which an attacker would not pay for in the paper's
+protocol. Two honest ways to square the counts:
+
+* one key: the server's count for it equals ``queries.sum() + verification_forwards`` of this black box
+  (``sent["attack"] + sent["verify"]``, both kept here);
+* a second "evaluator" key (``verify_api_key``): success checks go to that key, so the attacker's key is
+  charged exactly the attack's queries and the evaluator key exactly the verification forwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import time
+from typing import Any, Literal
+
+import torch
+
+from rfd.blackbox.base import Access, BlackBox
+
+__all__ = ["RemoteBlackBox", "RemoteError", "encode_float32"]
+
+logger = logging.getLogger(__name__)
+
+_B64_OVERHEAD = 1024  # bytes of JSON around the base64 data, with room to spare
+
+
+def encode_float32(x: torch.Tensor) -> dict[str, Any]:
+    """The server's ``f32`` request body for images (N, C, H, W): base64 of little-endian float32, C order."""
+    arr = x.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return {"format": "f32", "shape": list(arr.shape), "dtype": "float32",
+            "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+class RemoteError(RuntimeError):
+    """The server could not be reached, or refused a request. ``status`` is the HTTP status (None when
+    there was no answer) and ``detail`` the server's message."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class RemoteBlackBox(BlackBox):
+    """Query a model behind an ``rfd serve`` endpoint.
+
+    Args:
+        url: server base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: the key charged for the attack's queries.
+        access: ``"scores"`` or ``"labels"``; scores need a server that answers scores or probabilities.
+        output: ``"logits"`` or ``"probs"`` wanted from a scores server, or None for what the server gives
+            (a logits server's answer is turned into probabilities here on request; the reverse is refused).
+        budget, verify: as in :class:`~rfd.blackbox.base.BlackBox`.
+        timeout: seconds to wait for each HTTP answer.
+        verify_api_key: optional second key for the uncounted success checks (see the module docstring).
+        rate_limit_wait: on a 429 (rate limit) wait as the server asks and retry, for at most this many
+            seconds per request in all; 0 raises at once.
+        max_batch: most images per HTTP request (default: what the server and the key's rate limits allow).
+
+    Images leave as the compact ``f32`` format (base64 little-endian float32, exact); answers come back as
+    float32 tensors on the CPU. Raises :class:`RemoteError` with the server's message on any refusal.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        access: Access = "scores",
+        output: Literal["logits", "probs"] | None = None,
+        budget: int | None = None,
+        verify: int = 9,
+        timeout: float = 30.0,
+        verify_api_key: str | None = None,
+        rate_limit_wait: float = 60.0,
+        max_batch: int | None = None,
+        transport: Any = None,
+    ) -> None:
+        import httpx
+
+        super().__init__(access=access, budget=budget, verify=verify)
+        if output not in (None, "logits", "probs"):
+            raise ValueError(f"output must be 'logits', 'probs' or None, got {output!r}")
+        if not api_key:
+            raise ValueError("api_key is empty")
+        if timeout <= 0 or rate_limit_wait < 0:
+            raise ValueError(f"timeout must be > 0 and rate_limit_wait >= 0, got {timeout}, {rate_limit_wait}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.rate_limit_wait = rate_limit_wait
+        self._keys = {"attack": api_key, "verify": verify_api_key or api_key}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._verifying = False
+        # Images sent per purpose since start(): "attack" = charged queries, "verify" = success checks.
+        self.sent = {"attack": 0, "verify": 0}
+        try:
+            self.info = self._call("GET", "/v1/info")
+            usage = {role: self._call("GET", "/v1/usage", key=key) for role, key in self._keys.items()}
+        except Exception:
+            self._http.close()
+            raise
+        self.server_output: str = self.info["output"]
+        self.input_shape = tuple(int(s) for s in self.info["input_shape"])
+        self._num_classes = int(self.info["num_classes"])
+        if access == "scores" and self.server_output == "label":
+            self.close()
+            raise ValueError(f"the server at {self.url} answers labels only; use access='labels'")
+        if output == "logits" and self.server_output == "probs":
+            self.close()
+            raise ValueError(f"the server at {self.url} answers probabilities; logits are not available")
+        self.output = output or ("probs" if self.server_output == "probs" else "logits")
+        self.max_batch = self._chunk_size(usage, max_batch)
+
+    # -- HTTP ---------------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, *, key: str | None = None, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        headers = {"X-API-Key": key if key is not None else self._keys["attack"]}
+        waited = 0.0
+        while True:
+            try:
+                r = self._http.request(method, path, json=body, headers=headers)
+            except httpx.TimeoutException as exc:
+                raise RemoteError(f"{method} {self.url}{path}: no answer within {self.timeout:g} s ({exc})") from exc
+            except httpx.TransportError as exc:
+                raise RemoteError(f"cannot reach the rfd server at {self.url}: {exc}") from exc
+            if r.status_code == 429 and waited < self.rate_limit_wait:
+                pause = self._retry_after(r)
+                if pause is not None and waited + pause <= self.rate_limit_wait:
+                    logger.info("rate limited by %s; waiting %.2f s", self.url, pause)
+                    time.sleep(pause)
+                    waited += pause
+                    continue
+            if r.status_code >= 400:
+                detail = self._detail(r)
+                raise RemoteError(f"{method} {self.url}{path} refused with HTTP {r.status_code}: {detail}",
+                                  status=r.status_code, detail=detail)
+            try:
+                return r.json()
+            except ValueError as exc:
+                raise RemoteError(f"{method} {self.url}{path}: answer is not JSON", status=r.status_code) from exc
+
+    @staticmethod
+    def _detail(r: Any) -> str:
+        try:
+            body = r.json()
+            return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+        except ValueError:
+            return r.text[:500] or r.reason_phrase
+
+    @staticmethod
+    def _retry_after(r: Any) -> float | None:
+        try:
+            return float(r.json()["retry_after"])  # exact seconds, when the server gives them
+        except (ValueError, KeyError, TypeError):
+            pass
+        try:
+            return float(r.headers["retry-after"])
+        except (KeyError, ValueError):
+            return None
+
+    def _chunk_size(self, usage: dict[str, dict[str, Any]], requested: int | None) -> int:
+        per_image = math.ceil(math.prod(self.input_shape) * 4 / 3) * 4  # base64 of float32, 4 chars per 3 bytes
+        by_body = (int(self.info["max_body_bytes"]) - _B64_OVERHEAD) // per_image
+        sizes = [int(self.info["max_batch"]), by_body]
+        for u in usage.values():  # a batch over a key's window limit could never be answered
+            sizes += [int(u[w]) for w in ("per_second", "per_minute") if u.get(w) is not None]
+        if requested is not None:
+            if requested < 1:
+                raise ValueError(f"max_batch must be >= 1, got {requested}")
+            sizes.append(requested)
+        size = min(sizes)
+        if size < 1:
+            raise ValueError(f"the server at {self.url} cannot take even one image per request "
+                             f"(max_body {self.info['max_body_bytes']} bytes)")
+        return size
+
+    def usage(self, role: Literal["attack", "verify"] = "attack") -> dict[str, Any]:
+        """The server's account of a key: name, used, budget, remaining, rate limits (not charged)."""
+        return self._call("GET", "/v1/usage", key=self._keys[role])
+
+    # -- BlackBox -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    def start(self, n: int) -> None:
+        super().start(n)
+        self.sent = {"attack": 0, "verify": 0}
+
+    def _predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward on the server (several requests when x is larger than a request may be)."""
+        role = "verify" if self._verifying else "attack"
+        scores, labels = [], []
+        for i in range(0, x.shape[0], self.max_batch):
+            chunk = x[i: i + self.max_batch]
+            answer = self._call("POST", "/v1/predict", key=self._keys[role], body=encode_float32(chunk))
+            if int(answer.get("n", -1)) != chunk.shape[0]:
+                raise RemoteError(f"server answered {answer.get('n')} images for {chunk.shape[0]} sent")
+            self.sent[role] += chunk.shape[0]
+            labels.append(torch.tensor(answer["labels"], dtype=torch.int64))
+            if answer.get("scores") is not None:
+                scores.append(torch.tensor(answer["scores"], dtype=torch.float32))
+        out = {"labels": torch.cat(labels)}
+        if scores:
+            out["scores"] = torch.cat(scores)
+        return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.server_output == "label":
+            raise PermissionError(f"the server at {self.url} answers labels only")
+        s = self._predict(x)["scores"]
+        return s.softmax(1) if self.output == "probs" and self.server_output == "scores" else s
+
+    def _forward_labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self._predict(x)["labels"]
+
+    def misclassified_votes(self, x: torch.Tensor, y: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        # Success checks go to the verification key (the same key unless verify_api_key was given).
+        self._verifying = True
+        try:
+            return super().misclassified_votes(x, y, k)
+        finally:
+            self._verifying = False
+
+    # -- lifetime -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteBlackBox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

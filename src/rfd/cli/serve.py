@@ -1,0 +1,87 @@
+"""`rfd serve --model M --defense ... --keys keys.yaml --db queries.sqlite`: serve a defended model over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from rfd.cli.common import CLIError, add_common, resolve_device
+from rfd.cli.defense_args import add_defense_args, build_defense
+from rfd.cli.model_args import add_model_args, model_from_args
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("scores", "probs", "label")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a defended model over HTTP with API keys, budgets and a query log",
+        description="Serve MODEL behind an HTTP API (FastAPI + uvicorn, one process, forwards serialized): "
+        "POST /v1/predict answers a batch of images (JSON lists, base64 float32 or base64 PNG), GET /v1/info "
+        "describes the model, GET /v1/usage a key's account, GET /healthz, GET /openapi.json. The defense draws "
+        "fresh noise for every request. Every image is one query charged to the caller's API key; keys, budgets "
+        "and rate limits come from --keys, and every answered request is logged in the SQLite file --db, from "
+        "which the budgets are counted again after a restart.",
+    )
+    add_model_args(p)
+    add_defense_args(p)
+    p.add_argument("--output", choices=OUTPUTS, default="scores",
+                   help="what clients get: scores (logits), probs (softmax) or label (the class only); default scores")
+    p.add_argument("--keys", required=True,
+                   help="YAML/JSON file: keys: {SECRET: {name, budget, per_second, per_minute}}")
+    p.add_argument("--db", required=True, help="SQLite query log (created if absent; budgets are counted from it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=256, help="most images per request (default 256)")
+    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024,
+                   help="largest request body in bytes, refused before it is read (default 8 MiB)")
+    p.add_argument("--expose-defense-params", action="store_true",
+                   help="let /v1/info show the defense's sigma, layers and calibration (default: only its kind)")
+    p.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM) to serve HTTPS")
+    p.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM) for --ssl-certfile")
+    add_common(p, json_flag=False)
+    p.set_defaults(func=run)
+
+
+def _class_names(model_name: str) -> tuple[str, ...] | None:
+    from rfd.models.registry import get_entry, list_models
+
+    if model_name in list_models() and get_entry(model_name).dataset == "fashion-mnist":
+        from rfd.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+        return tuple(FASHION_MNIST_CLASSES)
+    return None
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """The FastAPI app the parsed ``args`` describe (model, defense, keys, log, limits); nothing is served yet."""
+    from rfd.serve import ModelInfo, ServeConfig, create_app, load_keys
+
+    if not 1 <= args.port <= 65535:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise CLIError("--ssl-certfile and --ssl-keyfile go together")
+    keys = load_keys(args.keys)
+    config = ServeConfig(output=args.output, max_batch=args.max_batch, max_body=args.max_body,
+                         expose_defense_params=args.expose_defense_params)
+    model = model_from_args(args, resolve_device(args.device))
+    defended, defense = build_defense(args, model)
+    info = ModelInfo(name=args.model, input_shape=tuple(model.input_shape),  # type: ignore[arg-type]
+                     num_classes=int(model.num_classes), classes=_class_names(args.model), defense=defense)
+    return create_app(defended, info=info, keys=keys, db=args.db, config=config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfd.serve import run_server
+
+    app = build_app(args)
+    svc = app.state.service
+    sigma = svc.info.defense.get("sigma")
+    logger.info("serving %s + %s defense%s to %d keys on http://%s:%d (output %s, log %s)", args.model,
+                svc.info.defense["kind"], "" if sigma is None else f" (sigma {sigma:.6g})", len(svc.keys), args.host,
+                args.port, args.output, args.db)
+    run_server(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+               ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile)
+    return 0

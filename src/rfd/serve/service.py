@@ -1,0 +1,203 @@
+"""What the server does, without HTTP: authenticate, check budget and rate, run the defended model, log.
+
+Concurrency: one process, one model, and a single lock around every forward (with its budget check and its
+log entry). Serializing forwards is deliberate:
+
+* the defense draws its noise from one seeded ``torch.Generator``; two forwards at once would interleave
+  their draws (and feature-noise hooks hold per-forward state), so answers would depend on thread timing.
+  With the lock, the k-th answered request always gets the k-th draws: a server restarted with the same
+  noise seed answers the same request sequence identically;
+* torch already uses all its intra-op threads (``--threads``) for one batched forward; running several at
+  once only oversubscribes the CPU;
+* the budget check, the forward and the log entry form one step, so two requests of one key cannot both
+  pass a check that only one of them fits.
+
+Decoding (JSON, base64, PNG) happens outside the lock, in the web server's worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rfd import __version__
+from rfd.serve.decode import decode_images
+from rfd.serve.errors import ServeError
+from rfd.serve.keys import ApiKey, KeyRing
+from rfd.serve.querylog import QueryLog
+from rfd.serve.ratelimit import RateLimiter
+from rfd.serve.schemas import FORMATS
+
+__all__ = ["OUTPUTS", "ModelInfo", "PredictionService", "ServeConfig"]
+
+logger = logging.getLogger(__name__)
+
+Output = Literal["scores", "probs", "label"]
+OUTPUTS: tuple[str, ...] = ("scores", "probs", "label")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How the server answers and what it accepts."""
+
+    output: Output = "scores"  # scores = logits, probs = softmax, label = the argmax class only
+    max_batch: int = 256  # most images in one request
+    max_body: int = 8 * 1024 * 1024  # bytes; larger bodies are refused before they are read in full
+    body_timeout: float = 30.0  # seconds to receive a whole body; slower clients get 408
+    expose_defense_params: bool = False  # /v1/info shows sigma, layers, ... (else only the defense kind)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 image, got {self.max_batch}")
+        if self.max_body < 1024:
+            raise ValueError(f"max_body must be >= 1024 bytes, got {self.max_body}")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout must be > 0 seconds, got {self.body_timeout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What the server says about its model."""
+
+    name: str  # e.g. the registry name
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int  # K
+    classes: tuple[str, ...] | None = None  # class names, K of them, if known
+    defense: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})  # must hold "kind"
+
+    def __post_init__(self) -> None:
+        if len(self.input_shape) != 3 or any(int(s) < 1 for s in self.input_shape):
+            raise ValueError(f"input_shape must be (C, H, W) of positive sizes, got {self.input_shape}")
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names given for {self.num_classes} classes")
+        if "kind" not in self.defense:
+            raise ValueError("ModelInfo.defense must say the defense 'kind' (e.g. {'kind': 'feature', ...})")
+
+
+class PredictionService:
+    """Answers predict requests for one (defended) model.
+
+    Args:
+        model: maps images (N, C, H, W) in [0, 1] to logits (N, K); a defended model draws fresh noise on
+            every forward, so every request gets fresh noise.
+        info: model description for /v1/info and input checks.
+        keys: who may query.
+        log: the query log; per-key usage starts from its totals (budgets survive restarts).
+        config: output kind and request limits.
+        clock: monotonic seconds, for rate limits (injectable for tests).
+    """
+
+    def __init__(self, model: nn.Module, *, info: ModelInfo, keys: KeyRing, log: QueryLog,
+                 config: ServeConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.model = model.eval()
+        self.info = info
+        self.keys = keys
+        self.log = log
+        self.config = config or ServeConfig()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._limiter = RateLimiter()
+        totals = log.totals()
+        self._used = {k.name: totals.get(k.name, 0) for k in keys}
+        try:
+            self._device = next(model.parameters()).device
+        except StopIteration:
+            self._device = torch.device("cpu")
+        for k in keys:
+            if k.budget is not None and self._used[k.name] >= k.budget:
+                logger.warning("key %r (%s) has used its whole budget of %d images", k.name, k.fingerprint, k.budget)
+
+    # -- access -----------------------------------------------------------------------------------------
+    def authenticate(self, secret: str | None) -> ApiKey:
+        """The key for ``secret``; 401 when it is missing or unknown."""
+        if not secret:
+            raise ServeError(401, "missing API key: send it in the X-API-Key header",
+                             headers={"WWW-Authenticate": "ApiKey"})
+        key = self.keys.lookup(secret)
+        if key is None:
+            raise ServeError(401, "unknown API key", headers={"WWW-Authenticate": "ApiKey"})
+        return key
+
+    def usage(self, key: ApiKey) -> dict[str, Any]:
+        """The key's account: name, used, budget, remaining (images)."""
+        used = self._used[key.name]
+        return {"name": key.name, "used": used, "budget": key.budget,
+                "remaining": None if key.budget is None else max(key.budget - used, 0)}
+
+    def _admit(self, key: ApiKey, n: int, now: float) -> None:
+        """Refuse ``n`` more images for ``key`` if over budget (403) or over a rate limit (429/413)."""
+        used = self._used[key.name]
+        if key.budget is not None and used + n > key.budget:
+            left = max(key.budget - used, 0)
+            raise ServeError(403, f"query budget exhausted for key {key.name!r}: {used} of {key.budget} images "
+                                  f"used, {left} left, this request has {n}",
+                             extra={"used": used, "budget": key.budget, "remaining": left})
+        decision = self._limiter.check(key.name, key.limits(), n, now)
+        if math.isinf(decision.wait):
+            raise ServeError(413, f"a batch of {n} images can never pass the rate limit of key {key.name!r} "
+                                  f"({decision.limit} images {decision.window.replace('_', ' ')}); "  # type: ignore
+                                  "send smaller batches")
+        if decision.wait > 0:
+            raise ServeError(429, f"rate limit of key {key.name!r}: {decision.limit} images "
+                                  f"{decision.window.replace('_', ' ')}; retry in {decision.wait:.3f} s",  # type: ignore
+                             headers={"Retry-After": str(max(1, math.ceil(decision.wait)))},
+                             extra={"retry_after": decision.wait})
+
+    # -- answering ----------------------------------------------------------------------------------------
+    def predict_body(self, key: ApiKey, body: bytes) -> dict[str, Any]:
+        """Decode a request body (see :func:`rfd.serve.decode.decode_images`) and answer it."""
+        x = decode_images(body, self.info.input_shape, self.config.max_batch)
+        return self.predict(key, x)
+
+    def predict(self, key: ApiKey, x: torch.Tensor) -> dict[str, Any]:
+        """Answer checked images ``x`` (N, C, H, W) for ``key``: one forward, N queries charged and logged.
+
+        Returns the JSON answer: output kind, n, scores (N, K) unless label-only, labels (N,), usage."""
+        n = x.shape[0]
+        with self._lock:
+            self._admit(key, n, self._clock())
+            with torch.no_grad():
+                logits = self.model(x.to(self._device))
+            if logits.shape != (n, self.info.num_classes):
+                raise RuntimeError(f"model answered shape {tuple(logits.shape)} for {n} images, expected "
+                                   f"({n}, {self.info.num_classes})")
+            labels = logits.argmax(1).cpu()
+            self.log.record(key.name, key.fingerprint, labels, self.config.output)
+            self._limiter.add(key.name, key.limits(), n, self._clock())
+            self._used[key.name] += n
+            usage = self.usage(key)
+        out: dict[str, Any] = {"output": self.config.output, "n": n}
+        if self.config.output == "scores":
+            out["scores"] = logits.float().cpu().tolist()
+        elif self.config.output == "probs":
+            out["scores"] = logits.float().softmax(1).cpu().tolist()
+        out["labels"] = labels.tolist()
+        out["usage"] = usage
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The /v1/info answer. The defense's parameters (e.g. sigma) only if the operator exposes them."""
+        defense = dict(self.info.defense) if self.config.expose_defense_params else {"kind": self.info.defense["kind"]}
+        return {
+            "model": self.info.name, "input_shape": list(self.info.input_shape), "num_classes": self.info.num_classes,
+            "classes": list(self.info.classes) if self.info.classes is not None else None,
+            "output": self.config.output, "defense": defense, "formats": list(FORMATS),
+            "max_batch": self.config.max_batch, "max_body_bytes": self.config.max_body, "version": __version__,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self.log.close()
