@@ -55,6 +55,22 @@ class LocalBlackBox(BlackBox):
             raise AttributeError("num_classes unknown: pass num_classes= to LocalBlackBox")
         return self._num_classes
 
+    def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
+        """White-box access (PGD, C&W): logits (repeats, B, K) of ``repeats`` independent forwards of images x
+        (B, C, H, W) for samples idx (B,), keeping the autograd graph so callers can differentiate w.r.t. x.
+
+        Always raw logits (``output`` only shapes score answers). Each row costs ``repeats`` queries: a
+        white-box gradient pass is charged like the forward it needs, so budgets compare with score-based
+        attacks. The repeats run as one batch of repeats * B rows; a randomized model draws fresh noise for
+        every row."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self._charge(idx, x, repeats)
+        xr = x.repeat(repeats, *([1] * (x.dim() - 1))) if repeats > 1 else x
+        outs = [self.model(xr[i: i + self.max_batch]) for i in range(0, xr.shape[0], self.max_batch)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.view(repeats, x.shape[0], -1)
+
     @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [self.model(x[i: i + self.max_batch]) for i in range(0, x.shape[0], self.max_batch)]

@@ -92,6 +92,10 @@ register_model(ModelEntry(
     "VGG-style CNN, 4 conv + 2 FC layers",
 ))
 register_model(ModelEntry(
+    "fmnist-vgg-at", lambda: _fmnist(SmallVGG(), "classifier.4"), "fmnist-vgg-at.safetensors", "fashion-mnist",
+    "fmnist-vgg architecture, PGD adversarially trained (l_inf eps 0.1, 3 steps, 3 epochs)",
+))
+register_model(ModelEntry(
     "fmnist-resnet", lambda: _fmnist(SmallResNet(), "fc"), "fmnist-resnet.safetensors", "fashion-mnist",
     "ResNet, stem + 3 basic blocks",
 ))
