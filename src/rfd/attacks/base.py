@@ -68,6 +68,8 @@ class AttackState:
         self.success_queries = torch.full((self.n,), -1, dtype=torch.int64, device=x0.device)
         self.x_adv = x0.clone()
         self.active = clean_correct.clone()
+        # per-sample (N,) outputs an attack wants in its result (AttackResult.extras), e.g. "radius"
+        self.extras: dict[str, torch.Tensor] = {}
         self._bar = tqdm(total=int(self.active.sum()) * self.budget, desc=desc, unit="q", disable=not progress,
                          leave=False)
         self._charged = 0
@@ -86,6 +88,8 @@ class AttackState:
         return torch.nonzero(self.active).flatten()
 
     def _tick(self) -> None:
+        if self._bar.disable:  # called after every query: skip the bookkeeping when no bar is shown
+            return
         total = int(self.bb.queries.sum())
         self._bar.update(total - self._charged)
         self._charged = total
@@ -103,8 +107,16 @@ class AttackState:
         return margin_loss(self.scores(x, idx), self.y[idx])
 
     def labels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Predicted labels (B,) of x for samples idx; costs 1 query per row."""
-        out = self.bb.labels(x, idx)
+        """Predicted labels (B,) of x for samples idx; costs ``eot`` queries per row (majority of ``eot``
+        forwards; 1 forward with the default eot=1)."""
+        out = self.bb.labels(x, idx, repeats=self.config.eot)
+        self._tick()
+        return out
+
+    def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """White-box attacks only (needs a LocalBlackBox): logits (eot, B, K) of x for samples idx,
+        differentiable w.r.t. x; costs ``eot`` queries per row."""
+        out = self.bb.logits_with_grad(x, idx, repeats=self.config.eot)  # type: ignore[attr-defined]
         self._tick()
         return out
 
@@ -148,7 +160,7 @@ class Attack(ABC):
     The attack object keeps no state between calls: ``run`` may be called again on other images."""
 
     name: ClassVar[str] = "attack"
-    access: ClassVar[str] = "scores"  # "scores" or "labels": what the attack needs from the black box
+    access: ClassVar[str] = "scores"  # "scores", "labels" or "gradients" (white-box: a LocalBlackBox)
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
 
@@ -192,6 +204,7 @@ class Attack(ABC):
             clean_correct=clean_correct.cpu(), success=state.success.cpu(), queries=queries.cpu(),
             x_adv=state.x_adv.cpu(), linf=linf.cpu(), l2=l2.cpu(),
             verification_forwards=bb.verification_forwards, config=self.config.to_dict(),
+            extras={k: v.detach().cpu() for k, v in state.extras.items()},
         )
 
     @abstractmethod

@@ -26,6 +26,8 @@ class AttackResult:
         linf, l2: float (N,), distances of ``x_adv`` from the clean image.
         verification_forwards: forwards spent on uncounted success checks.
         config: the attack's settings as a dict.
+        extras: optional per-sample (N,) outputs particular to an attack, by name (e.g. ``"radius"``, the
+            decision-based attacks' best boundary distance); empty for attacks that have none.
     """
 
     attack: str
@@ -40,6 +42,7 @@ class AttackResult:
     l2: torch.Tensor
     verification_forwards: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -94,14 +94,17 @@ class BlackBox(ABC):
             )
         if self._queries.numel() == 0:
             raise RuntimeError("call start(n) before querying the black box")
+        # Sum the charge per sample first: a batch may hold several rows of one sample (NES probes).
+        add = torch.zeros_like(self._queries).index_add_(0, idx, torch.full_like(idx, cost))
         if self.budget is not None:
-            over = self._queries[idx] + cost > self.budget
+            over = self._queries + add > self.budget
             if bool(over.any()):
-                first = int(idx[over][0])
+                first = int(torch.nonzero(over)[0])
                 raise BudgetExceeded(
-                    f"sample {first} would use {int(self._queries[first]) + cost} queries, budget is {self.budget}"
+                    f"sample {first} would use {int(self._queries[first] + add[first])} queries, "
+                    f"budget is {self.budget}"
                 )
-        self._queries.index_add_(0, idx, torch.full_like(idx, cost))
+        self._queries += add
 
     # -- queries ------------------------------------------------------------------------------------
     def scores(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""`rfd attack --model M --attack NAME --norm linf|l2 --budget B --n N`: attack a (defended) model through a
+black box on a class-balanced, seeded selection of the bundled evaluation images and report robust accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rfd.cli.common import CLIError, add_common, emit, resolve_device
+from rfd.cli.defense_args import add_defense_args, build_defense
+from rfd.cli.model_args import add_model_args, model_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rfd.attacks import list_attacks
+    from rfd.eval.presets import EPS_PRESETS
+
+    presets = "; ".join(f"{k}: linf {v.linf:g}, l2 {v.l2:g}" for k, v in EPS_PRESETS.items())
+    p = sub.add_parser(
+        "attack", help="run one attack on N bundled eval images and report robust accuracy",
+        description="Attack a (defended) model through a black box that counts every query, on a class-balanced "
+        "seeded selection of N images of the bundled evaluation split. A sample counts as broken only when the "
+        "majority of --verify forwards (not charged) misclassify an image inside the eps-ball; robust accuracy "
+        "at every --checkpoints budget comes from one run.",
+    )
+    add_model_args(p)
+    add_defense_args(p)
+    g = p.add_argument_group("served model (rfd serve)")
+    g.add_argument("--remote", default=None, metavar="URL",
+                   help="attack the model served at URL by `rfd serve` instead of a local one; the defense lives in "
+                   "the server (leave --defense none); --model still names the model, for the eps preset and the "
+                   "image shape")
+    g.add_argument("--api-key", default=None, help="API key for --remote, charged for every query (and for the "
+                   "uncounted success checks unless --verify-api-key is given)")
+    g.add_argument("--verify-api-key", default=None,
+                   help="second API key for the success checks, so the --api-key count equals the attack's queries")
+    p.add_argument("--attack", required=True, choices=list_attacks(), help="attack name")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model norm (default linf)")
+    p.add_argument("--eps", type=float, default=None,
+                   help=f"radius in pixel units of [0,1] images (default: the dataset preset; {presets})")
+    p.add_argument("--budget", type=int, required=True, help="queries per image (EOT repetitions included)")
+    p.add_argument("--checkpoints", default=None, metavar="B1,B2,...",
+                   help="also report robust accuracy at these budgets (each <= --budget), e.g. 100,1000")
+    p.add_argument("--n", type=int, required=True, help="number of images (class-balanced, at most 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image selection and the attack (default 0)")
+    p.add_argument("--verify", type=int, default=9,
+                   help="forwards per success check, majority decides; not charged (default 9; 1 = lucky mode)")
+    p.add_argument("--eot", type=int, default=1, help="forwards averaged per loss evaluation; each one is a query")
+    p.add_argument("--attack-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="an attack setting of its config, repeatable, e.g. --attack-arg p_init=0.1 (VALUE as JSON)")
+    p.add_argument("--output-images", default=None, metavar="PATH",
+                   help="save clean and final images, labels, success and queries (.safetensors)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _parse_checkpoints(text: str | None, budget: int) -> list[int]:
+    if not text:
+        return []
+    try:
+        cps = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise CLIError(f"--checkpoints must be comma-separated integers, got {text!r}") from None
+    bad = [c for c in cps if not 1 <= c <= budget]
+    if bad:
+        raise CLIError(f"--checkpoints must lie in [1, --budget={budget}], got {bad}")
+    return cps
+
+
+def _parse_attack_args(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--attack-arg {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def default_eps(model_name: str, norm: str) -> tuple[float, str]:
+    """The preset eps of the model's dataset: registry models name their dataset, timm models are ImageNet's."""
+    from rfd.eval.presets import eps_preset
+    from rfd.models import get_entry
+
+    dataset = "imagenet" if model_name.startswith("timm:") else get_entry(model_name).dataset
+    return eps_preset(dataset, norm), dataset
+
+
+def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, budget: int) -> Any:
+    """The black box the attack queries. One place to build it, so another backend (a remote endpoint) can be
+    chosen here from the flags."""
+    from rfd.blackbox import LocalBlackBox, RemoteBlackBox
+
+    if getattr(args, "remote", None):
+        if access not in ("scores", "labels"):
+            raise CLIError("white-box attacks need the model's gradients; they cannot run against --remote")
+        if not args.api_key:
+            raise CLIError("--remote needs --api-key")
+        if args.defense != "none":
+            raise CLIError("--defense applies to a local model; with --remote the defense lives in the server")
+        bb = RemoteBlackBox(args.remote, args.api_key, access=access, budget=budget,  # type: ignore[arg-type]
+                            verify=args.verify, verify_api_key=args.verify_api_key)
+        if bb.info["model"] != args.model:
+            log.warning("--model is %s but the server at %s serves %s", args.model, args.remote, bb.info["model"])
+        return bb
+    # White-box attacks ("gradients") query a local model for scores and gradients.
+    return LocalBlackBox(model, access="labels" if access == "labels" else "scores", budget=budget,
+                         verify=args.verify)
+
+
+def _select_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    from rfd.data.bundled import load_bundled
+    from rfd.data.selection import balanced_indices
+
+    data = load_bundled("eval")
+    if not 1 <= n <= data.labels.shape[0]:
+        raise CLIError(f"--n must be in [1, {data.labels.shape[0]}] (the bundled eval split), got {n}")
+    idx = balanced_indices(data.labels, n, seed=seed, num_classes=len(data.classes))
+    return data.images[idx], data.labels[idx], idx, data.name
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfd.attacks import get_attack_class
+    from rfd.blackbox import RemoteError
+
+    for flag in ("budget", "verify", "eot"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    checkpoints = _parse_checkpoints(args.checkpoints, args.budget)
+    device = resolve_device(args.device)
+    cls = get_attack_class(args.attack)
+    if args.norm not in cls.norms:
+        raise CLIError(f"--attack {args.attack} supports --norm {' or '.join(cls.norms)}, not {args.norm}")
+    if args.eps is None:
+        eps, dataset = default_eps(args.model, args.norm)
+        log.info("eps %g: the %s preset for %s", eps, dataset, args.norm)
+    else:
+        eps = args.eps
+    x, y, indices, data_name = _select_images(args.n, args.seed)
+    model = model_from_args(args, device)
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(shape) != tuple(x.shape[1:]):
+        raise CLIError(f"model {args.model} expects images of shape {tuple(shape)} but the bundled eval images "
+                       f"are {tuple(x.shape[1:])}")
+    try:
+        attack = cls(norm=args.norm, eps=eps, budget=args.budget, seed=args.seed, eot=args.eot,
+                     **_parse_attack_args(args.attack_arg))
+    except TypeError as exc:
+        raise CLIError(f"--attack-arg: {exc}") from exc
+    defended, info = build_defense(args, model)
+    try:
+        bb = make_blackbox(args, defended, access=cls.access, budget=args.budget)
+        t0 = time.perf_counter()
+        res = attack.run(bb, x, y, progress=not args.quiet)
+        elapsed = time.perf_counter() - t0
+    except RemoteError as exc:  # the server refused (budget, rate limit) or went away
+        raise CLIError(str(exc)) from exc
+    finally:
+        defended.remove()
+    summary = res.summary(checkpoints)
+    payload = {
+        "model": args.model, "data": data_name, "attack": args.attack, "norm": args.norm, "eps": eps,
+        "budget": args.budget, "seed": args.seed, "verify": args.verify, "eot": args.eot,
+        "clean_accuracy": summary["clean_accuracy"], "robust_accuracy": summary["robust_accuracy"],
+        "success_rate": summary["success_rate"], "queries_mean": summary["queries_mean"],
+        "queries_median": summary["queries_median"], "n": res.n, "sigma": info["sigma"],
+        "elapsed_s": elapsed, "verification_forwards": res.verification_forwards, "attack_config": res.config,
+        "defense": info,
+    }
+    if args.remote:  # what the server says about itself, and the images it was sent (queries + success checks)
+        payload["remote"] = {"url": args.remote, "server": bb.info, "images_sent": bb.sent}
+    if args.output_images:
+        _save_images(Path(args.output_images), x, y, indices, res)
+        payload["output_images"] = args.output_images
+    robust = ", ".join(f"{b}: {v:.3f}" for b, v in summary["robust_accuracy"].items())
+    sigma = "" if info["sigma"] is None else f" sigma {info['sigma']:.4g}"
+    text = (f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['kind']}{sigma}, {res.n} images: "
+            f"clean accuracy {summary['clean_accuracy']:.3f}; robust accuracy {robust}; success rate "
+            f"{summary['success_rate']:.3f}; queries mean {summary['queries_mean']:.1f} median "
+            f"{summary['queries_median']:.1f} (successful images); {elapsed:.1f} s")
+    emit(args, payload, text)
+    return 0
+
+
+def _save_images(path: Path, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, res: Any) -> None:
+    from safetensors.torch import save_file
+
+    if path.suffix != ".safetensors":
+        raise CLIError(f"--output-images must end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"clean": x.contiguous(), "adversarial": res.x_adv.contiguous(), "labels": y.contiguous(),
+               "eval_index": indices.contiguous(), "success": res.success.contiguous(),
+               "queries": res.queries.contiguous()}, str(path),
+              metadata={"attack": res.attack, "norm": res.norm, "eps": str(res.eps), "budget": str(res.budget)})
