@@ -1,0 +1,213 @@
+"""HopSkipJump: decision-based attack by boundary gradient estimation (l_2 and l_inf).
+
+Chen, Jordan & Wainwright, "HopSkipJumpAttack: A Query-Efficient Decision-Based Attack", IEEE S&P 2020,
+https://arxiv.org/abs/1904.02144 (as in foolbox's ``HopSkipJump`` and ART's ``HopSkipJump``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from rfd.attacks.base import Attack, AttackConfig, AttackState
+from rfd.attacks.boundary import (
+    Path,
+    bcast,
+    bisect_boundary,
+    box_path,
+    can_pay,
+    push_to_radius,
+    query_adversarial,
+    random_adversarial,
+    ray_path,
+)
+
+__all__ = ["HopSkipJump", "HopSkipJumpConfig"]
+
+# Upper bound on probe images held at once in a gradient estimate (elements), to bound memory.
+_PROBE_ELEMENTS = 2**22
+
+
+@dataclass(frozen=True, kw_only=True)
+class HopSkipJumpConfig(AttackConfig):
+    """HopSkipJump settings; defaults are the paper's / foolbox's. norm, eps, budget, seed, eot: see AttackConfig."""
+
+    init_tries: int = 1000  # uniform-noise images drawn per sample (1 query each) to find an adversarial start
+    gamma: float = 1.0  # binary-search threshold theta = gamma / d^1.5 (l_2) or gamma / d^2 (l_inf), d = C*H*W
+    init_evals: int = 100  # Monte-Carlo probes of the first gradient estimate; step t uses init_evals * sqrt(t+1)
+    max_evals: int = 10000  # cap on probes per gradient estimate
+    max_halvings: int = 30  # geometric step-size search gives up (keeps the point) after this many halvings
+    # image offered for verification once the distance is <= eps: "eps" = the ray from x0 through the boundary point
+    # pushed out to distance eps (further from the boundary), "boundary" = the boundary point (the original's output)
+    report_at: Literal["eps", "boundary"] = "eps"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("init_tries", "init_evals", "max_evals", "max_halvings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.gamma > 0):
+            raise ValueError(f"gamma must be positive, got {self.gamma}")
+        if self.report_at not in ("eps", "boundary"):
+            raise ValueError(f"report_at must be 'eps' or 'boundary', got {self.report_at!r}")
+
+
+class HopSkipJump(Attack):
+    """HopSkipJump (l_2 or l_inf, label-only).
+
+    Starts from an adversarial uniform-noise image and binary-searches to the boundary (along the segment to the
+    clean image for l_2, by shrinking an l_inf box for l_inf). Each iteration t then
+
+    1. estimates the boundary's normal at the current boundary point from the signs of ``init_evals * sqrt(t+1)``
+       random probes at distance ``delta`` (a baseline-corrected Monte-Carlo average),
+    2. steps along it (its sign for l_inf) by ``dist / sqrt(t+1)``, halving until the answer is adversarial,
+    3. binary-searches back to the boundary towards the clean image.
+
+    A sample is claimed broken once its boundary distance is <= eps (verification gets the eps-sphere point of the
+    same ray, or the boundary point with ``report_at="boundary"``). Every label, probes and searches included, is
+    one charged query; probes are capped so that no sample goes past its budget. ``result.extras["radius"]`` is
+    each sample's smallest boundary distance in the attack's norm (inf if no start was found), equal to the
+    distance of a failed sample's ``x_adv``.
+
+    Example:
+        >>> bb = LocalBlackBox(model, access="labels", budget=10000)
+        >>> result = HopSkipJump(norm="l2", eps=1.0, budget=10000).run(bb, x, y)
+    """
+
+    name: ClassVar[str] = "hsja"
+    access: ClassVar[str] = "labels"
+    norms: ClassVar[tuple[str, ...]] = ("l2", "linf")
+    config_class: ClassVar[type[AttackConfig]] = HopSkipJumpConfig
+
+    def _run(self, state: AttackState, gen: torch.Generator) -> None:
+        cfg = self.config
+        assert isinstance(cfg, HopSkipJumpConfig)
+        x0 = state.x0
+        n, dev, d = x0.shape[0], x0.device, x0[0].numel()
+        theta = cfg.gamma / (d * math.sqrt(d)) if cfg.norm == "l2" else cfg.gamma / (d * d)
+        everyone = torch.arange(n, device=dev)
+        best = torch.full((n,), math.inf, device=dev)  # smallest boundary distance seen, per sample
+        state.extras["radius"] = best
+
+        idx = everyone[can_pay(state, everyone)]
+        x_start, found = random_adversarial(state, idx, gen, cfg.init_tries)
+        idx, x_start = idx[found], x_start[found]
+        if idx.numel() == 0:
+            return
+        x_b = torch.zeros_like(x0)  # current boundary point (adversarial side), per sample
+        x_b[idx] = self._to_boundary(state, idx, x_start, theta)
+        dist = torch.full((n,), math.inf, device=dev)
+        started = torch.zeros(n, dtype=torch.bool, device=dev)
+        started[idx] = True
+        self._arrived(state, idx, x_b[idx], dist, best)
+
+        steps = torch.zeros(n, dtype=torch.int64, device=dev)  # iterations done, per sample
+        while True:
+            idx = everyone[started & can_pay(state, everyone)]
+            if idx.numel() == 0:
+                return
+            t = steps[idx].double()
+            delta = torch.where(t == 0, torch.full_like(dist[idx], 0.1), cfg.gamma * dist[idx] / d)
+            evals = torch.minimum((cfg.init_evals * torch.sqrt(t + 1)).floor().clamp(max=cfg.max_evals).long(),
+                                  state.remaining(idx) // cfg.eot)
+            grad = self._estimate_normal(state, idx, x_b[idx], delta, evals, gen)
+            update = grad if cfg.norm == "l2" else grad.sign()
+
+            # geometric step-size search: halve until the step lands on the adversarial side
+            size = dist[idx] / torch.sqrt(t + 1).float()
+            moved = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
+            for _ in range(cfg.max_halvings):
+                rows = torch.nonzero(~moved & can_pay(state, idx)).flatten()
+                if rows.numel() == 0:
+                    break
+                cand = (x_b[idx[rows]] + bcast(size[rows], update[rows]) * update[rows]).clamp(0.0, 1.0)
+                adv = query_adversarial(state, cand, idx[rows])
+                moved[rows[adv]] = True
+                size[rows[~adv]] /= 2
+            rows = torch.nonzero(moved).flatten()
+            if rows.numel() > 0:
+                i = idx[rows]
+                stepped = (x_b[i] + bcast(size[rows], update[rows]) * update[rows]).clamp(0.0, 1.0)
+                x_b[i] = self._to_boundary(state, i, stepped, theta)
+                self._arrived(state, i, x_b[i], dist, best)
+            steps[idx] += 1
+
+    def _distance(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        diff = (x - x0).flatten(1)
+        return diff.abs().amax(1) if self.config.norm == "linf" else diff.norm(dim=1)
+
+    def _to_boundary(self, state: AttackState, idx: torch.Tensor, x: torch.Tensor, theta: float) -> torch.Tensor:
+        """Binary search from adversarial points x (B, ...) towards x0[idx]; returns the adversarial-side ends."""
+        x0 = state.x0[idx]
+        path: Path
+        if self.config.norm == "l2":
+            # blend x0 + s (x - x0), s in [0, 1]; the threshold is on s, as in the paper
+            path, hi, tol = ray_path(x0, x - x0), torch.ones(idx.numel(), device=x.device), theta
+            _, hi = bisect_boundary(state, idx, path, torch.zeros_like(hi), hi, tol)
+        else:
+            path = box_path(x0, x)
+            hi = self._distance(x, x0)
+            _, hi = bisect_boundary(state, idx, path, torch.zeros_like(hi), hi, hi * theta)
+        return path(hi, torch.arange(idx.numel(), device=x.device))
+
+    def _arrived(self, state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, dist: torch.Tensor,
+                 best: torch.Tensor) -> None:
+        """Record new boundary points x_b (B, ...) of samples idx (each one a black-box-adversarial point) and
+        claim the samples whose distance is now <= eps."""
+        cfg = self.config
+        assert isinstance(cfg, HopSkipJumpConfig)
+        x0 = state.x0[idx]
+        dd = self._distance(x_b, x0)
+        dist[idx] = dd
+        better = dd < best[idx]
+        best[idx[better]] = dd[better]
+        state.keep(x_b[better], idx[better])
+        won = dd <= cfg.eps
+        if bool(won.any()):
+            cand = x_b[won]
+            if cfg.report_at == "eps":
+                cand = push_to_radius(x0[won], cand, cfg.norm, cfg.eps)
+            state.report(cand, idx[won])
+
+    def _estimate_normal(self, state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, delta: torch.Tensor,
+                         evals: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Unit l_2 estimate (B, C, H, W) of the boundary normal at x_b pointing to the adversarial side.
+
+        Sample i uses ``evals[i]`` probes ``x_b + delta_i u`` with u uniform on the sphere (l_2: Gaussian
+        direction; l_inf: uniform cube direction, as the paper), clipped to [0, 1]; each probe's answer (+1
+        adversarial, -1 not) weights its realised direction, minus the mean answer as a baseline unless all answers
+        agree. Probes are queried in chunks so memory stays bounded."""
+        b, shape = idx.numel(), x_b.shape[1:]
+        d = x_b[0].numel()
+        m_max = int(evals.max()) if b > 0 else 0
+        chunk = max(1, _PROBE_ELEMENTS // max(1, b * d))
+        s_weighted = torch.zeros_like(x_b)  # sum_j answer_j * u_j
+        s_plain = torch.zeros_like(x_b)  # sum_j u_j
+        s_answer = torch.zeros(b, device=x_b.device)
+        for j0 in range(0, m_max, chunk):
+            k = min(chunk, m_max - j0)
+            if self.config.norm == "l2":
+                u = torch.randn((b, k, *shape), generator=gen, device=x_b.device)
+            else:
+                u = torch.rand((b, k, *shape), generator=gen, device=x_b.device) * 2 - 1
+            u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(b, k, *([1] * len(shape)))
+            dl = delta.float().view(b, 1, *([1] * len(shape)))
+            probes = (x_b.unsqueeze(1) + dl * u).clamp(0.0, 1.0)
+            u = (probes - x_b.unsqueeze(1)) / dl  # the direction actually probed, after clipping
+            valid = torch.arange(j0, j0 + k, device=x_b.device).view(1, k) < evals.view(b, 1)  # (b, k)
+            rows, cols = torch.nonzero(valid, as_tuple=True)
+            if rows.numel() == 0:
+                break
+            answer = query_adversarial(state, probes[rows, cols], idx[rows]).float() * 2 - 1
+            s_answer.index_add_(0, rows, answer)
+            s_weighted.index_add_(0, rows, bcast(answer, u[rows, cols]) * u[rows, cols])
+            s_plain.index_add_(0, rows, u[rows, cols])
+        m = evals.clamp_min(1).float()
+        mean = s_answer / m
+        baseline = torch.where(mean.abs() == 1, torch.zeros_like(mean), mean)
+        grad = (s_weighted - bcast(baseline, s_plain) * s_plain) / bcast(m, s_plain)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return grad / bcast(norm, grad)
