@@ -1,0 +1,97 @@
+"""Read a results store into pandas: one row per run (with its settings) and one row per sample, and robust
+accuracy at any budget computed from the per-sample query counts."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
+
+__all__ = ["Results", "default_budgets", "load_results", "robust_accuracy", "robust_curve"]
+
+_METHOD = {"none": "Base", "input": "Input", "feature": "Feature", "logits": "Logits", "aaa": "AAA"}
+
+
+@dataclass
+class Results:
+    """``runs``: one row per run; ``samples``: one row per (run, sample); ``budgets``: the reporting budgets
+    declared by the studies in the store (their checkpoints)."""
+
+    runs: pd.DataFrame
+    samples: pd.DataFrame
+    budgets: list[int]
+
+    def subset(self, mask: pd.Series) -> Results:
+        runs = self.runs[mask]
+        return Results(runs, self.samples[self.samples.run_id.isin(runs.run_id)], self.budgets)
+
+
+def load_results(db: str | os.PathLike[str]) -> Results:
+    """Everything a report needs from the store ``db`` (which must exist)."""
+    with ResultStore(db, create=False) as store:
+        runs = store.runs()
+        rows = store.samples()
+        studies = store.studies()
+    samples = pd.DataFrame(rows, columns=["run_id", "chunk", *SAMPLE_COLUMNS])
+    for c in ("clean_correct", "success"):
+        samples[c] = samples[c].astype(bool)
+    recs = []
+    for r in runs:
+        cfg, labels = r["config"], r["labels"]
+        ident = cfg["identity"]
+        d, a = ident["defense"], ident["attack"]
+        layers = "+".join(d.get("layers") or [])
+        recs.append({
+            "run_id": r["run_id"], "key": r["key"],
+            "model": labels.get("model") or ident["model"]["name"],
+            "family": d["family"], "method": _METHOD.get(d["family"], d["family"]),
+            "layers": layers if d["family"] == "feature" else ("input" if d["family"] == "input" else ""),
+            "scaled": bool(d.get("scaled")), "target_drop": d.get("drop"), "sigma_fixed": d.get("sigma"),
+            "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),
+            "attack": labels.get("attack") or a["name"], "attack_name": a["name"], "norm": a["norm"],
+            "eps": a["eps"], "eot": a["eot"], "budget": a["budget"], "verify": a["verify"],
+            "params": json.dumps(a.get("params") or {}, sort_keys=True),
+            "n_expected": ident["n"], "seed": ident["seed"], "study": labels.get("study", ""),
+            "rfd_version": r["rfd_version"],
+        })
+    cols = ["run_id", "key", "model", "family", "method", "layers", "scaled", "target_drop", "sigma_fixed", "sigma",
+            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "params",
+            "n_expected", "seed", "study", "rfd_version"]
+    runs_df = pd.DataFrame(recs, columns=cols)
+    if len(runs_df):
+        g = samples.groupby("run_id")
+        runs_df["n"] = runs_df.run_id.map(g.size()).fillna(0).astype(int)
+        runs_df["clean_acc"] = runs_df.run_id.map(g.clean_correct.mean())
+    else:
+        runs_df["n"] = pd.Series(dtype=int)
+        runs_df["clean_acc"] = pd.Series(dtype=float)
+    budgets = sorted({int(b) for s in studies.values() for b in s.get("checkpoints", [])})
+    return Results(runs_df, samples, budgets)
+
+
+def robust_accuracy(samples: pd.DataFrame, budget: int) -> float:
+    """Fraction of ``samples`` (one run) that are clean-correct and not broken within ``budget`` queries."""
+    if len(samples) == 0:
+        return float("nan")
+    broken = samples.success & (samples.queries <= budget)
+    return float((samples.clean_correct & ~broken).mean())
+
+
+def robust_curve(samples: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """Robust accuracy of one run at every budget in ``grid`` (sorted int array), in one pass."""
+    n = len(samples)
+    if n == 0:
+        return np.full(len(grid), np.nan)
+    q = np.sort(samples.queries[samples.success & samples.clean_correct].to_numpy())
+    broken = np.searchsorted(q, grid, side="right")
+    return (int(samples.clean_correct.sum()) - broken) / n
+
+
+def default_budgets(res: Results) -> list[int]:
+    """Budgets to report: the studies' checkpoints plus every run's full budget."""
+    return sorted({*res.budgets, *(int(b) for b in res.runs.budget)})

@@ -1,0 +1,253 @@
+"""Executing work: one chunk of one cell, or one calibration. The same functions run in the local executor
+and inside Ray tasks; everything a task needs is rebuilt from the (small, picklable) task description.
+
+Determinism: a chunk's attack seed and the defense's noise seed are fixed by (study seed, run key, chunk),
+and the defended model's generator is re-seeded at the start of every chunk, so a chunk replays identically
+whenever and wherever it runs (same device type and thread count)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rfd.eval.resources import EvalData, build_model, load_eval_data
+from rfd.eval.seeds import derive_seed
+from rfd.eval.store import ChunkInfo, SampleRow
+from rfd.eval.study import AttackSetting, Cell, DefenseSetting, ModelSpec, Study, _thaw, expand_cells
+
+__all__ = [
+    "CalibrationTask",
+    "ChunkOutput",
+    "ChunkTask",
+    "WorkerContext",
+    "attack_class",
+    "defense_spec",
+    "execute_calibration",
+    "execute_chunk",
+    "make_cell_attack",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One work unit: chunk ``chunk`` of cell ``cell_index`` of ``study``, at noise level ``sigma``."""
+
+    study: Study
+    cell_index: int
+    chunk: int
+    run_id: int
+    run_key: str
+    sigma: float | None  # resolved noise level of the cell's defense (None for none/aaa)
+    device: str = "cpu"
+    data_digest: str = ""  # digest of the evaluation images the planner saw (checked by the worker)
+
+    @property
+    def seed(self) -> int:
+        return derive_seed(self.study.seed, self.run_key, self.chunk)
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """A finished chunk: its bookkeeping and one row per image."""
+
+    run_id: int
+    info: ChunkInfo
+    rows: tuple[SampleRow, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationTask:
+    """Calibrate ``defense`` (a noise family with a target drop) on ``model`` with the study's calib images."""
+
+    study: Study
+    model: ModelSpec
+    defense: DefenseSetting
+    key: str
+    device: str = "cpu"
+
+
+def attack_class(name: str) -> type:
+    """The Attack subclass for a registry name or a ``package.module:Class`` path."""
+    if ":" in name:
+        module, _, cls = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import attack {name!r} ({exc})") from exc
+    from rfd.attacks.registry import get_attack_class
+
+    return get_attack_class(name)
+
+
+def make_cell_attack(setting: AttackSetting, seed: int) -> Any:
+    """Build the attack of a cell with ``seed``; unknown parameters fail naming the attack's valid ones."""
+    cls = attack_class(setting.name)
+    params = _thaw(setting.params)
+    try:
+        return cls(norm=setting.norm, eps=setting.eps, budget=setting.budget, seed=seed, eot=setting.eot, **params)
+    except TypeError as exc:
+        import dataclasses
+
+        cfg = getattr(cls, "config_class", None)
+        allowed = sorted(f.name for f in dataclasses.fields(cfg)) if cfg is not None else []
+        raise ValueError(f"attack {setting.name!r}: bad parameters {sorted(params)} ({exc}); "
+                         f"its settings are: {', '.join(allowed)}") from exc
+
+
+def defense_spec(setting: DefenseSetting, sigma: float | None, seed: int) -> Any:
+    """The ``rfd.defenses.DefenseSpec`` of a cell's defense at noise level ``sigma``."""
+    from rfd.defenses import DefenseSpec
+
+    d: dict[str, Any] = {"kind": setting.family, "seed": int(seed), **_thaw(setting.params)}
+    if setting.family == "feature":
+        d["layers"] = list(setting.layers)
+        d["scaled"] = setting.scaled
+    if sigma is not None:
+        d["sigma"] = float(sigma)
+    return DefenseSpec.from_dict(d)
+
+
+class WorkerContext:
+    """Per-process caches: study data, base models, defended models (a few of each, least recently used out).
+
+    Defended modules share their base model: the defense hooks act only inside their own forward."""
+
+    def __init__(self, *, max_models: int = 2, max_defended: int = 4) -> None:
+        self._models: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
+        self._defended: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
+        self._cells: dict[Study, list[Cell]] = {}
+        self.max_models = max_models
+        self.max_defended = max_defended
+
+    def cells(self, study: Study) -> list[Cell]:
+        if study not in self._cells:
+            self._cells = {study: expand_cells(study)}  # one study at a time: keep only the latest
+        return self._cells[study]
+
+    def data(self, study: Study) -> EvalData:
+        return load_eval_data(study.data, study.n, study.seed)
+
+    def model(self, spec: ModelSpec, device: str) -> nn.Module:
+        key = (spec, device)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        model = build_model(spec, device)
+        self._models[key] = model
+        while len(self._models) > self.max_models:
+            old_key, _ = self._models.popitem(last=False)
+            for dk in [k for k in self._defended if k[0] == old_key]:
+                self._drop_defended(dk)
+        return model
+
+    def _drop_defended(self, key: tuple[Any, ...]) -> None:
+        d = self._defended.pop(key)
+        remove = getattr(d, "remove", None)
+        if callable(remove):
+            remove()
+
+    def defended(self, study: Study, cell: Cell, sigma: float | None, device: str) -> nn.Module:
+        from rfd.defenses import defend
+
+        mkey = (cell.model, device)
+        key = (mkey, cell.defense, sigma)
+        if key in self._defended:
+            self._defended.move_to_end(key)
+            return self._defended[key]
+        model = self.model(cell.model, device)
+        spec = defense_spec(cell.defense, sigma, study.seed)
+        calib = self.data(study).calib_images.to(device) if cell.defense.scaled else None
+        d = defend(model, spec, calib_images=calib)
+        self._defended[key] = d
+        while len(self._defended) > self.max_defended:
+            self._drop_defended(next(iter(self._defended)))
+        return d
+
+
+_CONTEXT: WorkerContext | None = None
+
+
+def default_context() -> WorkerContext:
+    """The process-wide context (Ray workers keep models loaded between tasks through it)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = WorkerContext()
+    return _CONTEXT
+
+
+def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress: bool = False) -> ChunkOutput:
+    """Attack the images of one chunk and return one row per image (nothing is written here)."""
+    from rfd.blackbox.local import LocalBlackBox
+
+    ctx = ctx or default_context()
+    study = task.study
+    cell = ctx.cells(study)[task.cell_index]
+    data = ctx.data(study)
+    if task.data_digest and data.identity["digest"] != task.data_digest:
+        raise RuntimeError(f"the evaluation images on this worker (digest {data.identity['digest']}) differ from "
+                           f"the planner's ({task.data_digest}): same dataset files needed everywhere")
+    start, stop = study.chunk_bounds(task.chunk)
+    x = data.images[start:stop]
+    y = data.labels[start:stop]
+    defended = ctx.defended(study, cell, task.sigma, task.device)
+    seed = task.seed
+    manual_seed = getattr(defended, "manual_seed", None)
+    if callable(manual_seed):
+        manual_seed(derive_seed(seed, "noise"))
+    attack = make_cell_attack(cell.attack, seed)
+    # white-box attacks ("gradients") query a score black box
+    access: Literal["scores", "labels"] = "labels" if getattr(attack, "access", "scores") == "labels" else "scores"
+    bb = LocalBlackBox(defended, access=access, budget=cell.attack.budget, verify=cell.attack.verify)
+    t0 = time.perf_counter()
+    res = attack.run(bb, x, y, progress=progress)
+    elapsed = time.perf_counter() - t0
+    didx = data.dataset_index[start:stop].tolist()
+    labels = y.tolist()
+    rows = tuple(
+        SampleRow(sample=start + i, dataset_index=int(didx[i]), label=int(labels[i]), clean_correct=bool(cc),
+                  success=bool(s), queries=int(q), linf=float(li), l2=float(l2))
+        for i, (cc, s, q, li, l2) in enumerate(zip(res.clean_correct.tolist(), res.success.tolist(),
+                                                   res.queries.tolist(), res.linf.tolist(), res.l2.tolist()))
+    )
+    info = ChunkInfo(chunk=task.chunk, seed=seed, n_samples=len(rows), queries=int(bb.queries.sum()),
+                     verification_forwards=int(bb.verification_forwards), elapsed_s=elapsed)
+    return ChunkOutput(run_id=task.run_id, info=info, rows=rows)
+
+
+def execute_calibration(task: CalibrationTask, ctx: WorkerContext | None = None, *,
+                        progress: bool = False) -> dict[str, Any]:
+    """Calibrate one defense; returns the record stored in the results store (sigma, accuracies, cost)."""
+    from rfd.defenses import calibrate
+
+    ctx = ctx or default_context()
+    study = task.study
+    data = ctx.data(study)
+    model = ctx.model(task.model, task.device)
+    if task.defense.drop is None:
+        raise ValueError("execute_calibration needs a defense with a target drop")
+    spec = defense_spec(task.defense, None, study.seed)
+    options = {"seed": study.seed, **_thaw(study.calibration)}
+    t0 = time.perf_counter()
+    res = calibrate(model, spec, task.defense.drop, data.calib_images.to(task.device),
+                    data.calib_labels.to(task.device), progress=progress, **options)
+    elapsed = time.perf_counter() - t0
+    d = res.to_dict() if hasattr(res, "to_dict") else dict(vars(res))
+    record = {k: v for k, v in d.items() if k not in ("spec",)}
+    record.update(sigma=float(res.sigma), model=task.model.name, defense=task.defense.calibration_dict(),
+                  elapsed_s=elapsed, calib_images=int(data.calib_images.shape[0]))
+    return record
+
+
+def set_threads(n: int | None) -> None:
+    """Set torch intra-op threads (workers: results are bit-identical only at the same thread count)."""
+    if n is not None and n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)

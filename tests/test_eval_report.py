@@ -1,0 +1,150 @@
+"""Tables and plots from a hand-built results store, checked against answers worked out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rfd.cli.main import main
+from rfd.eval.results import load_results, robust_curve
+from rfd.eval.store import ChunkInfo, ResultStore, SampleRow
+from rfd.eval.tables import build_table, render, resolve_kind
+
+# (clean_correct, success, queries) per sample
+FOUR = [(1, 1, 10), (1, 1, 60), (1, 0, 100), (0, 0, 0)]
+
+
+def add_run(s: ResultStore, *, model: str = "vgg", family: str = "none", drop: float | None = None,
+            sigma: float | None = None, layers: tuple[str, ...] = (), attack: str = "square", budget: int = 100,
+            eot: int = 1, verify: int = 9, params: dict[str, Any] | None = None, eps: float = 0.05,
+            samples: list[tuple[int, int, int]] = FOUR, n_expected: int | None = None) -> int:
+    ident = {"model": {"name": model}, "defense": {"family": family, "layers": list(layers), "drop": drop,
+                                                   "sigma": sigma, "scaled": False, "params": {}},
+             "attack": {"name": attack, "norm": "linf", "eps": eps, "budget": budget, "eot": eot, "verify": verify,
+                        "params": params or {}},
+             "n": n_expected or len(samples), "seed": 0, "chunk_size": 50, "data": {}}
+    key = f"{model}-{family}-{drop}-{sigma}-{layers}-{attack}-{budget}-{eot}-{verify}-{params}-{eps}"
+    rid = s.ensure_run(key, {"identity": ident, "sigma": 0.1 if family != "none" else None}, {"model": model})
+    rows = [SampleRow(i, i, 0, bool(c), bool(su), q, 0.05, 1.0) for i, (c, su, q) in enumerate(samples)]
+    s.write_chunk(rid, ChunkInfo(0, 1, len(rows), 0, 0, 0.0), rows)
+    return rid
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    db = tmp_path / "hand.sqlite"
+    with ResultStore(db) as s:
+        s.put_study("hand", {"checkpoints": [50, 100]})
+        add_run(s)  # Base square: robust@50 = 2/4, @100 = 1/4, Acc 3/4
+        add_run(s, family="feature", drop=0.02, samples=[(1, 0, 100), (1, 1, 30), (1, 0, 100), (1, 0, 100)])
+        add_run(s, attack="rays", samples=[(1, 1, 5), (1, 1, 5), (0, 0, 0), (0, 0, 0)])
+        add_run(s, family="feature", drop=0.02, attack="rays", samples=[(1, 1, 80), (1, 0, 100), (1, 0, 100),
+                                                                         (0, 0, 0)])
+    return db
+
+
+def test_robust_table_known_answers(store: Path) -> None:
+    t = build_table(load_results(store), "2")
+    f = t.frame
+    assert list(f.index) == [("vgg", "Base", ""), ("vgg", "Feature", "≈2%")]
+    assert f.loc[("vgg", "Base", ""), ("Acc", "")] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
+    assert f.loc[("vgg", "Base", ""), ("square", 50)] == pytest.approx(50.0)
+    assert f.loc[("vgg", "Base", ""), ("square", 100)] == pytest.approx(25.0)
+    assert f.loc[("vgg", "Feature", "≈2%"), ("square", 50)] == pytest.approx(75.0)
+    assert f.loc[("vgg", "Feature", "≈2%"), ("square", 100)] == pytest.approx(75.0)
+    assert f.loc[("vgg", "Base", ""), ("rays", 50)] == pytest.approx(0.0)
+    assert f.loc[("vgg", "Feature", "≈2%"), ("rays", 50)] == pytest.approx(75.0)
+    assert f.loc[("vgg", "Feature", "≈2%"), ("rays", 100)] == pytest.approx(50.0)
+    md = render(t, "md")
+    assert "| vgg | Base |  | 62.5 | 50.0 | 25.0 | 0.0 | 0.0 |" in md
+    assert "|  | Feature | ≈2% | 87.5 | 75.0 | 75.0 | 75.0 | 50.0 |" in md
+    csv = render(t, "csv").splitlines()
+    assert csv[0] == "Model,Method,Drop,Acc,square 50,square 100,rays 50,rays 100"
+    assert csv[1] == "vgg,Base,,62.5,50.0,25.0,0.0,0.0"
+    tex = render(t, "latex")
+    assert r"\multicolumn{2}{c}{square}" in tex and r"$\approx$2\%" in tex and r"\bottomrule" in tex
+
+
+def test_budgets_option_and_run_budget_limit(store: Path) -> None:
+    t = build_table(load_results(store), "robust", budgets=[10, 200])
+    # 200 exceeds every run's budget: no column rather than a made-up number
+    assert [c for c in t.frame.columns if c[0] == "square"] == [("square", 10)]
+    assert t.frame.loc[("vgg", "Base", ""), ("square", 10)] == pytest.approx(50.0)
+
+
+def test_decision_table(store: Path) -> None:
+    f = build_table(load_results(store), "5").frame
+    assert f.loc[("vgg", "Feature", "≈2%"), "rays"] == pytest.approx(50.0)
+    assert f.loc[("vgg", "Base", ""), "square"] == pytest.approx(25.0)
+    f = build_table(load_results(store), "decision", budget=50).frame
+    assert f.loc[("vgg", "Feature", "≈2%"), "rays"] == pytest.approx(75.0)
+
+
+def test_strength_layer_eot_lucky_tables(tmp_path: Path) -> None:
+    db = tmp_path / "more.sqlite"
+    with ResultStore(db) as s:
+        s.put_study("more", {"checkpoints": [100, 500]})
+        for p, last in ((0.05, (1, 0, 100)), (0.3, (1, 1, 20))):
+            add_run(s, family="feature", drop=0.02, params={"p_init": p}, samples=[(1, 0, 100), last])
+        for layer, q in (("net.features.2", 10), ("penultimate", 90)):
+            add_run(s, family="feature", drop=0.04, layers=(layer,), attack="nes", samples=[(1, 1, q), (1, 0, 100)])
+        add_run(s, family="input", drop=0.02, attack="signhunt", eot=1, budget=100, samples=[(1, 1, 50), (1, 0, 100)])
+        add_run(s, family="input", drop=0.02, attack="signhunt", eot=5, budget=500,
+                samples=[(1, 1, 400), (1, 0, 500)])
+        add_run(s, attack="square", verify=1, budget=500, samples=[(1, 1, 300), (1, 0, 500)])
+    res = load_results(db)
+    sq = res.subset(res.runs.attack == "square")
+    f = build_table(sq.subset(sq.runs.verify > 1), "3").frame
+    assert f.loc[("square", "p_init=0.05"), ("vgg", "≈2%", "Feature")] == pytest.approx(100.0)
+    assert f.loc[("square", "p_init=0.3"), ("vgg", "≈2%", "Feature")] == pytest.approx(50.0)
+    f = build_table(res.subset(res.runs.attack == "nes"), "14").frame
+    assert f.loc[("vgg", "net.features.2"), "nes"] == pytest.approx(50.0)
+    assert f.loc[("vgg", "penultimate"), "nes"] == pytest.approx(50.0)
+    f = build_table(res.subset(res.runs.attack == "nes"), "layer", budget=50).frame
+    assert f.loc[("vgg", "penultimate"), "nes"] == pytest.approx(100.0)
+    f = build_table(res.subset(res.runs.attack == "signhunt"), "7").frame
+    row = ("signhunt", "Input", "≈2%")
+    assert f.loc[row, ("vgg", "M=1 QC=100")] == pytest.approx(50.0)
+    assert f.loc[row, ("vgg", "M=5 QC=100")] == pytest.approx(100.0)
+    assert f.loc[row, ("vgg", "M=5 QC=500")] == pytest.approx(50.0)
+    assert ("vgg", "M=1 QC=500") not in f.columns
+    f = build_table(res, "15").frame
+    assert f.loc[("vgg", "Base", ""), ("square", "N=100")] == pytest.approx(100.0)
+    assert f.loc[("vgg", "Base", ""), ("square", "N=500")] == pytest.approx(50.0)
+
+
+def test_incomplete_runs_are_flagged_and_kinds_resolve(tmp_path: Path) -> None:
+    db = tmp_path / "inc.sqlite"
+    with ResultStore(db) as s:
+        add_run(s, n_expected=10)
+    t = build_table(load_results(db), "runs")
+    assert any("incomplete" in n and "4 of 10" in n for n in t.notes)
+    assert resolve_kind("Table 14") == "layer" and resolve_kind("lucky") == "lucky"
+    with pytest.raises(ValueError, match="unknown table"):
+        resolve_kind("8")
+
+
+def test_robust_curve_known_values(store: Path) -> None:
+    res = load_results(store)
+    s = res.samples[res.samples.run_id == 1]
+    import numpy as np
+
+    assert robust_curve(s, np.array([0, 9, 10, 59, 60, 100])).tolist() == [0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_cli_report_formats_plot_and_raw(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "curves.png"
+    assert main(["report", str(store), "--table", "2", "--format", "md", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| vgg | Base |  | 62.5 |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["report", str(store), "--raw"]) == 0
+    raw = capsys.readouterr().out.splitlines()
+    assert raw[0].startswith("run_id,model,method") and len(raw) == 1 + 16
+    assert main(["report", str(store), "--table", "robust", "--attack", "rays", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "Model,Method,Drop,Acc,rays 50,rays 100"
+    assert main(["report", str(store), "--table", "lucky"]) == 2
+    assert "verify" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "none.sqlite")]) == 2

@@ -1,0 +1,161 @@
+"""Shared helpers of the eval tests: a tiny classifier (factory + checkpoint) and a tiny attack, written as an
+importable module into a temporary folder, so studies (and `rfd run` subprocesses, and Ray workers) can name
+them as ``rfd_tiny:build`` and ``rfd_tiny:RandomSign``. Also a test that the helpers work."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_MODULE = textwrap.dedent('''
+    """Tiny model and attack for rfd's eval tests (written by tests/test_eval_support.py)."""
+    from dataclasses import dataclass
+
+    import torch
+    from torch import nn
+
+    from rfd.attacks.base import Attack, AttackConfig
+    from rfd.models.classifier import ImageClassifier
+
+
+    class MLP(nn.Module):
+        def __init__(self, hidden=32):
+            super().__init__()
+            self.fc1 = nn.Linear(784, hidden)
+            self.act = nn.ReLU()
+            self.fc2 = nn.Linear(hidden, 10)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+    def build(hidden=32):
+        return ImageClassifier(MLP(hidden), mean=(0.2860,), std=(0.3530,), input_shape=(1, 28, 28), num_classes=10,
+                               head="fc2")
+
+
+    @dataclass(frozen=True, kw_only=True)
+    class RandomSignConfig(AttackConfig):
+        step: float = 1.0  # proposals are x0 + step * eps * random signs
+
+
+    class RandomSign(Attack):
+        """Random vertices of the l_inf ball: keep the best margin, report any proposal that looks adversarial."""
+
+        name = "randomsign"
+        access = "scores"
+        norms = ("linf",)
+        config_class = RandomSignConfig
+
+        def _run(self, state, gen):
+            x0 = state.x0
+            best = x0.clone()
+            best_loss = torch.full((state.n,), float("inf"), device=x0.device)
+            idx = state.active_idx(1)
+            if idx.numel():
+                best_loss[idx] = state.margin(x0[idx], idx)
+            while True:
+                idx = state.active_idx(1)
+                if idx.numel() == 0:
+                    return
+                sign = torch.randint(0, 2, x0[idx].shape, generator=gen, device=x0.device).float() * 2 - 1
+                cand = state.project(x0[idx] + self.config.step * self.config.eps * sign, idx)
+                loss = state.margin(cand, idx)
+                better = loss < best_loss[idx]
+                best[idx[better]] = cand[better]
+                best_loss[idx[better]] = loss[better]
+                state.report(cand, idx, loss < 0)
+                state.keep(best[idx], idx)
+
+
+    class LabelFlip(Attack):
+        """Label-only random search (decision-based), for tables of decision attacks."""
+
+        name = "labelflip"
+        access = "labels"
+        norms = ("linf",)
+
+        def _run(self, state, gen):
+            x0 = state.x0
+            while True:
+                idx = state.active_idx(1)
+                if idx.numel() == 0:
+                    return
+                sign = torch.randint(0, 2, x0[idx].shape, generator=gen, device=x0.device).float() * 2 - 1
+                cand = state.project(x0[idx] + self.config.eps * sign, idx)
+                lab = state.labels(cand, idx)
+                state.report(cand, idx, lab != state.y[idx])
+                state.keep(cand, idx)
+''')
+
+
+def write_tiny(folder: Path) -> tuple[Path, Path]:
+    """Write ``rfd_tiny.py`` and a trained checkpoint into ``folder``; import path added to sys.path.
+
+    Returns (module folder, checkpoint path). The MLP is trained (seeded, full batch) on the bundled calib
+    split, so it is ~80% accurate on the eval split and attacks have work to do."""
+    from rfd.data.bundled import load_bundled
+    from rfd.models.checkpoints import save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rfd_tiny.py").write_text(TINY_MODULE)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    sys.modules.pop("rfd_tiny", None)
+    import rfd_tiny  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    model = rfd_tiny.build()
+    calib = load_bundled("calib")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(calib.images), calib.labels)
+        loss.backward()
+        opt.step()
+    ckpt = folder / "tiny.safetensors"
+    save_checkpoint(model.eval(), ckpt)
+    return folder, ckpt
+
+
+def tiny_study(ckpt: Path, **overrides: Any) -> dict[str, Any]:
+    """A small study dict on the tiny model: none / feature / input noise x the tiny score attack."""
+    d: dict[str, Any] = {
+        "name": "tiny",
+        "n": 40,
+        "seed": 3,
+        "budget": 60,
+        "checkpoints": [10, 30, 60],
+        "chunk_size": 10,
+        "verify": 3,
+        "models": [{"name": "tiny", "factory": "rfd_tiny:build", "checkpoint": str(ckpt)}],
+        "defenses": ["none", {"family": "feature", "sigmas": [0.5]}, {"family": "input", "sigmas": [0.05]}],
+        "attacks": [{"name": "rfd_tiny:RandomSign", "eps": 0.1, "label": "randomsign"}],
+        "data": {"calib_images": 200},
+        "calibration": {"draws": 2, "tol": 0.01},
+    }
+    d.update(overrides)
+    return d
+
+
+def test_tiny_model_is_accurate_and_attack_runs(tmp_path: Path) -> None:
+    from rfd.blackbox.local import LocalBlackBox
+    from rfd.data.bundled import load_bundled
+    from rfd.models.checkpoints import load_checkpoint
+
+    _, ckpt = write_tiny(tmp_path / "tiny")
+    import rfd_tiny  # type: ignore[import-not-found]
+
+    model = load_checkpoint(rfd_tiny.build(), ckpt).eval()
+    ev = load_bundled("eval")
+    with torch.no_grad():
+        acc = float((model(ev.images).argmax(1) == ev.labels).float().mean())
+    assert acc > 0.7, acc
+    atk = rfd_tiny.RandomSign(eps=0.1, budget=50, seed=0)
+    res = atk.run(LocalBlackBox(model, verify=1), ev.images[:20], ev.labels[:20])
+    assert 0 < int(res.success.sum()) <= int(res.clean_correct.sum())
+    assert bool((res.linf <= 0.1 + 1e-5).all())
