@@ -219,3 +219,15 @@ def test_local_worker_processes_match_the_in_process_run(tiny: tuple[Path, Path]
     s = run_study(st, multi, workers=2, executor_options={"threads": 1}, progress=False)
     assert s.executor == "processes" and s.complete and s.calibrations_run == 1
     assert rows_by_key(multi) == rows_by_key(single)
+
+
+def test_changed_calibration_settings_conflict_clearly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from rfd.eval.store import StoreConflict
+
+    _, ckpt = tiny
+    kw = {"defenses": [{"family": "feature", "drops": [0.05]}]}
+    db = tmp_path / "r.sqlite"
+    run_study(parse_study(tiny_study(ckpt, **kw)), db, max_units=1, progress=False)
+    other = parse_study(tiny_study(ckpt, calibration={"draws": 3, "tol": 0.002}, **kw))
+    with pytest.raises(StoreConflict, match="stored with another noise level.*new --db"):
+        run_study(other, db, progress=False)

@@ -35,9 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfd.eval.paper_presets import SCALES, preset_for, preset_study
-
     from rfd.eval.demo import default_workers
+    from rfd.eval.paper_presets import SCALES, preset_for, preset_study
 
     device = str(resolve_device(args.device))
     if args.workers is None:

@@ -43,10 +43,8 @@ SCALES = {
     "full": Scale(name="full", n=1000, budget=10000, checkpoints=(1000, 10000), chunk_size=100,
                   note="the paper's size (1000 images, up to 10000 queries); meant for a GPU"),
     "cpu": Scale(name="cpu", n=100, budget=1000, checkpoints=(100, 500, 1000), chunk_size=50,
-                 note="REDUCED size for 2 CPU cores (100 images or fewer, budgets to 1000, 2500 with EOT; "
-                      "calibration with 5 noise draws to 0.2 points): not the paper's size; expect a few points "
-                      "of sampling noise",
-                 calibration=(("draws", 5), ("tol", 0.002))),
+                 note="REDUCED size for 2 CPU cores (100 images or fewer, budgets to 1000, 2500 with EOT): "
+                      "not the paper's size; expect a few points of sampling noise"),
 }
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rfd.eval.resources import EvalData, load_eval_data, model_identity
 from rfd.eval.seeds import content_key
-from rfd.eval.store import ResultStore, canonical
+from rfd.eval.store import ResultStore, StoreConflict, canonical
 from rfd.eval.study import Cell, Study, _thaw, expand_cells
 from rfd.eval.worker import (
     CalibrationTask,
@@ -335,7 +335,13 @@ def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple
             config = {"identity": pc.identity, "sigma": sigma, "calibration": cal,
                       "calibration_key": pc.calibration_key}
             labels = {"model": pc.cell.model.display, "attack": pc.cell.attack.display, "study": study.name}
-            run_ids[ci] = store.ensure_run(pc.key, config, labels)
+            try:
+                run_ids[ci] = store.ensure_run(pc.key, config, labels)
+            except StoreConflict as exc:
+                raise StoreConflict(
+                    f"{exc}. The cell {_cell_label(pc)!r} was stored with another noise level: the calibration "
+                    "settings (study 'calibration') or the calibration code changed since. Use a new --db, or "
+                    "restore the settings to resume this one.") from None
 
         if max_units is not None:
             pending = pending[:max_units]
