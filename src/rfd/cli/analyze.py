@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "measured fraction of proposals u ~ N(0, mu I) whose accept/reject decision through the "
                      "randomized model (two independent noise draws) differs from the clean model's. nu comes from "
                      "--nu (shared grid) or, by default, --nu-scale times each layer's sigma^2 calibrated to --drop.")
-    _shared(q, n_default=20)
+    _shared(q, n_default=10)
     _nu_args(q)
     q.add_argument("--mu", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3],
                    help="attacker proposal variances per pixel (pixel units^2; default 1e-5 1e-4 1e-3)")
