@@ -9,7 +9,7 @@ Each preset is a function of the scale:
 
 The paper's datasets are CIFAR-10 and ImageNet; here the three reference models are Fashion-MNIST
 classifiers (``fmnist-vgg``, ``fmnist-resnet``, ``fmnist-vit``), with the eps presets of
-``rfd.eval.presets`` (l_inf 0.05 as the paper, l_2 1.5 for 28x28 images). Accuracy drops follow the paper's
+``rfd.eval.presets`` (l_inf 0.05 as the paper, l_2 1.0 for 28x28 images). Accuracy drops follow the paper's
 CIFAR-10 choice (2% and 4%). Where the paper's table is ambiguous, the choice is stated in the preset's
 description.
 """
