@@ -52,15 +52,24 @@ def write_markdown(quick: bool) -> None:
     lines = [
         "# Benchmarks",
         "",
-        "Latest figures, produced by `python benchmarks/run_all.py`" + (" --quick" if quick else "") + ".",
+        "Latest figures, produced by `python benchmarks/run_all.py" + (" --quick" if quick else "") + "`"
+        + (" (small sizes: these check that every script works; the goals are judged at full size)." if quick else "."),
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}, "
         "CPU only. Ratios are measured within one run; absolute times vary with machine load.",
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        lines += [f"## {path.stem}", "", "```json", json.dumps(data, indent=2)[:6000], "```", ""]
+        lines += [f"## {path.stem}", ""]
+        # Headline: every scalar field (target, goal, whether it is met, the measured numbers), then the full JSON.
+        lines += [f"- **{k}**: {_fmt(v)}" for k, v in data.items() if not isinstance(v, (list, dict))]
+        lines += ["", "<details><summary>full result</summary>", "", "```json", json.dumps(data, indent=1), "```",
+                  "", "</details>", ""]
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":
