@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -15,34 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rfd.analysis import plots
 from rfd.analysis.approx_error import ApproxErrorResult
 from rfd.analysis.layers import LayerRanking
 from rfd.analysis.magnitude import MagnitudeResult
 from rfd.analysis.ratio import RatioResult
 from rfd.analysis.theorem1 import Theorem1Result
+from rfd.jsonable import jsonable
 
 __all__ = ["jsonable", "write_json", "write_csv", "write_ratio", "write_theorem1", "write_approx_error",
            "write_magnitude", "write_ranking"]
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values from tensors, dataclasses, paths, tuples; non-finite floats become None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from typing import Any
 
 import torch
+
+from rfd.jsonable import jsonable
 
 __all__ = ["add_common", "emit", "setup_logging", "resolve_device", "to_jsonable", "CLIError"]
 
@@ -45,26 +46,7 @@ def setup_logging(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(args.threads))
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert tensors, dataclasses, paths and non-finite floats into plain JSON values."""
-    import dataclasses
-    from pathlib import Path
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    return obj
+to_jsonable = jsonable  # the CLI's name for the shared converter
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
