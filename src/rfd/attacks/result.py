@@ -59,7 +59,7 @@ class AttackResult:
     def robust_accuracy(self, budget: int | None = None) -> float:
         """Fraction of the N images that are robust at ``budget`` queries (misclassified clean images count
         as not robust)."""
-        return float(self.robust_at(budget).float().mean())
+        return float(self.robust_at(budget).double().mean())
 
     def robust_curve(self, budgets: Iterable[int]) -> dict[int, float]:
         """{budget: robust accuracy} for each budget <= the run's budget."""
@@ -67,13 +67,13 @@ class AttackResult:
 
     @property
     def clean_accuracy(self) -> float:
-        return float(self.clean_correct.float().mean())
+        return float(self.clean_correct.double().mean())
 
     @property
     def success_rate(self) -> float:
         """Fraction of the clean-correct images that the attack broke (nan if none were correct)."""
         c = self.clean_correct
-        return float(self.success[c].float().mean()) if bool(c.any()) else float("nan")
+        return float(self.success[c].double().mean()) if bool(c.any()) else float("nan")
 
     def query_stats(self) -> dict[str, float]:
         """Mean and median queries of the successful samples (nan when none succeeded)."""
