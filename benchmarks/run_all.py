@@ -53,7 +53,9 @@ def write_markdown(quick: bool) -> None:
         "# Benchmarks",
         "",
         "Latest figures, produced by `python benchmarks/run_all.py" + (" --quick" if quick else "") + "`"
-        + (" (small sizes: these check that every script works; the goals are judged at full size)." if quick else "."),
+        + (" (small sizes: these check that every script works; the goals are judged at full size)." if quick else ".")
+        + " Each result's `quick` field says at which size it was measured (a full-size result can come from"
+        " `python benchmarks/run_all.py --only NAME`).",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}, "
         "CPU only. Ratios are measured within one run; absolute times vary with machine load.",
         "",
