@@ -13,13 +13,12 @@ image is attacked); timing does not depend on the weights, only the number of fo
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
-import json
 import math
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -115,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "robust_accuracy": res.robust_accuracy(),
         **{k: (v if math.isfinite(v) else None) for k, v in res.query_stats().items()},  # NaN -> null
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     print(f"attack {attack_s:.2f}s vs forwards alone {forward_s:.2f}s: ratio {ratio:.3f} (goal <= {GOAL})",
           file=sys.stderr)
     return 0

@@ -13,11 +13,10 @@ classifier stands in so that the script itself is still exercised.
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_ok": f"{sum(r['eval_ok'] for r in rows)}/{len(rows)}",
         "rows": rows,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0
 
 

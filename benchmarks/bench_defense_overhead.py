@@ -11,12 +11,11 @@ timed with random weights (reported as such).
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -104,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "noise_rows_meeting_goal": f"{sum(r['meets_goal'] for r in noise_rows)}/{len(noise_rows)}",
         "rows": rows,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0
 
 

@@ -11,8 +11,8 @@ what planning, storing, progress and the report cost on top of the computation (
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
-import json
 import sqlite3
 import sys
 import tempfile
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                   for d, a, s, q, v in cells],
         "table_md": res.table_md,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     print(f"demo {total:.0f} s ({forwards:,} forwards, {forwards / total:,.0f}/s); goal <= {GOAL_S:.0f} s",
           file=sys.stderr)
     return 0

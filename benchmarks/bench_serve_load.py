@@ -14,6 +14,7 @@ Timing does not depend on the weights: without the trained checkpoint random wei
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import asyncio
 import json
@@ -183,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_charged_images": charged, "log_rows": logged[0], "accounting_exact": accounting_ok,
         "torch": torch.__version__,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0 if n5xx == 0 and ok == n_req and accounting_ok else 1
 
 

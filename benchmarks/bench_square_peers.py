@@ -27,13 +27,12 @@ checkpoint the model has random weights and the labels are its predictions (numb
 
 from __future__ import annotations
 
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import hashlib
-import json
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -258,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if peers:
         result["meets_success_goal"] = all(ours["success_rate"] >= p["success_rate"] - 0.02 for p in peers)
         result["meets_time_goal"] = ours["wall_s"] <= min(p["wall_s"] for p in peers)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0
 
 
