@@ -305,8 +305,11 @@ def test_pgd_breaks_undefended_fmnist_vgg(bundled_eval) -> None:
     x, y = _balanced_eval(bundled_eval)
     res = PGD(norm="linf", eps=0.05, steps=20, seed=0).run(LocalBlackBox(model), x, y)
     assert res.clean_accuracy >= 0.85
-    # a few trousers and bags stay robust at 0.05 even against 100-step, 5-restart PGD: near 0, not 0
-    assert res.robust_accuracy() <= 0.12, res.summary()
+    assert res.robust_accuracy() <= 0.12, res.summary()  # 91% clean -> 8% with Madry's 20 steps
+    # 100 steps leave 4 of these 100 images; AutoAttack's APGD-CE / APGD-T leave 3 / 2 of them
+    # (benchmarks/bench_pgd_peers.py): a few trousers and bags resist eps 0.05 whatever the attack
+    res = PGD(norm="linf", eps=0.05, steps=100, step_size=0.05 / 20, budget=100, seed=0).run(LocalBlackBox(model), x, y)
+    assert res.robust_accuracy() <= 0.06, res.summary()
     res = PGD(norm="linf", eps=0.1, steps=20, seed=0).run(LocalBlackBox(model), x, y)
     assert res.robust_accuracy() <= 0.02, res.summary()
 

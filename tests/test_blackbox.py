@@ -162,3 +162,25 @@ def test_margin_and_cross_entropy_losses() -> None:
     assert margin_loss(scores, y).tolist() == [1.0, -4.0]  # f_y - max_{i != y} f_i
     p = scores.softmax(1)
     assert torch.allclose(cross_entropy_loss(p, y, probabilities=True), cross_entropy_loss(scores, y), atol=1e-6)
+
+
+def test_large_batches_are_split_into_max_batch_rows_and_charged_once() -> None:
+    from rfd.blackbox.local import CPU_MAX_BATCH
+
+    model = ScriptedModel([1])
+    bb = LocalBlackBox(model, budget=5)
+    assert bb.max_batch == CPU_MAX_BATCH  # CPU default: cache-sized chunks
+    n = 2 * CPU_MAX_BATCH + 3
+    bb.start(n)
+    s = bb.scores(_x(n), torch.arange(n))
+    assert s.shape == (n, 3) and model.calls == 3 and model.rows == n
+    assert bb.queries.tolist() == [1] * n  # chunks are one query per row, not one per chunk
+    small = LocalBlackBox(ScriptedModel([1]), max_batch=4)
+    small.start(10)
+    assert small.scores(_x(10), torch.arange(10)).shape == (10, 3) and small.model.calls == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_batch_must_be_a_positive_row_count(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        LocalBlackBox(ScriptedModel([0]), max_batch=bad)  # type: ignore[arg-type]

@@ -9,7 +9,9 @@ from torch import nn
 
 from rfd.blackbox.base import Access, BlackBox
 
-__all__ = ["LocalBlackBox"]
+__all__ = ["CPU_MAX_BATCH", "LocalBlackBox"]
+
+CPU_MAX_BATCH = 256  # rows per forward on CPU (see LocalBlackBox)
 
 
 class LocalBlackBox(BlackBox):
@@ -18,7 +20,10 @@ class LocalBlackBox(BlackBox):
     Args:
         model: the (defended) classifier, in eval mode.
         output: ``"logits"`` or ``"probs"`` (softmax) for score access.
-        max_batch: split larger query batches into chunks of this size (bounds memory; same answers).
+        max_batch: split larger query batches into chunks of this many rows (bounds memory); None = 256 on
+            CPU, 4096 on other devices. On CPU a small CNN forwards ~1.5x more images per second at 128-256 rows
+            than at 3000 (activations stop fitting in cache; measured on the reference models), and NES asks for
+            n x 60 rows at once. A randomized model draws its noise per chunk.
         access, budget, verify: see :class:`BlackBox`.
     """
 
@@ -30,7 +35,7 @@ class LocalBlackBox(BlackBox):
         output: Literal["logits", "probs"] = "logits",
         budget: int | None = None,
         verify: int = 9,
-        max_batch: int = 4096,
+        max_batch: int | None = None,
         num_classes: int | None = None,
     ) -> None:
         super().__init__(access=access, budget=budget, verify=verify)
@@ -38,11 +43,15 @@ class LocalBlackBox(BlackBox):
             raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
         self.model = model.eval()
         self.output = output
-        self.max_batch = max_batch
         try:
             self._device = next(model.parameters()).device
         except StopIteration:
             self._device = torch.device("cpu")
+        if max_batch is None:
+            max_batch = CPU_MAX_BATCH if self._device.type == "cpu" else 4096
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive number of rows or None, got {max_batch!r}")
+        self.max_batch = max_batch
         self._num_classes = num_classes if num_classes is not None else int(getattr(model, "num_classes", 0)) or None
 
     @property
