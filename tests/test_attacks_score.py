@@ -303,6 +303,24 @@ def test_square_proposals_change_every_image_at_per_image_windows(norm: str) -> 
         x_best = x_new
 
 
+def test_linf_proposal_sets_one_window_per_image_to_a_signed_corner_per_channel() -> None:
+    g = torch.Generator().manual_seed(3)
+    b, c, h, w, s, eps = 32, 3, 9, 7, 4, 0.1
+    x0 = 0.2 + 0.6 * torch.rand(b, c, h, w, generator=g)  # away from 0 and 1: no clipping, every window pixel moves
+    x_best = x0 + (torch.rand(x0.shape, generator=g) * 1.8 - 0.9) * eps  # strictly inside the ball
+    x_new = linf_proposal(x0, x_best, eps, s, g)
+    up, down = (x0 + eps).clamp(0, 1), (x0 - eps).clamp(0, 1)
+    for i in range(b):
+        rows, cols = torch.nonzero((x_new[i] != x_best[i]).any(0), as_tuple=True)
+        r0, c0 = int(rows.min()), int(cols.min())
+        assert int(rows.max()) - r0 < s and int(cols.max()) - c0 < s  # inside one s x s window
+        r0, c0 = min(r0, h - s), min(c0, w - s)
+        win = (slice(None), slice(r0, r0 + s), slice(c0, c0 + s))
+        for ch in range(c):  # every channel's window is all +eps or all -eps (clipped)
+            got = x_new[i][win][ch]
+            assert torch.equal(got, up[i][win][ch]) or torch.equal(got, down[i][win][ch])
+
+
 def test_square_inits_lie_in_the_ball() -> None:
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(5, 3, 28, 28, generator=g)

@@ -164,7 +164,8 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
     A sign draw that would leave an image unchanged is redrawn (same window) until it changes the image. All
     redraws are drawn at once: whether a channel's window changes under +eps and under -eps is computed once,
     and each image takes the first of ``_SIGN_DRAWS`` sign draws that changes it (rejection sampling, in one
-    pass).
+    pass). Only the windows are computed on, (B, s, s, C) gathers: the one full-size tensor made is the result
+    (full-size temporaries cost more than the arithmetic on CPU, each a fresh page-faulted allocation).
 
     Args:
         x0, x_best: clean and current images (B, C, H, W), x_best inside the ball.
@@ -172,11 +173,13 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
         proposals (B, C, H, W) inside the eps-ball and [0, 1]."""
     b, c, h, w = x0.shape
     ph, pw = _positions(b, s, h, w, x0.device, gen)
-    mask = _window_masks(ph, pw, s, h, w)
-    up, down = (x0 + eps).clamp(0.0, 1.0), (x0 - eps).clamp(0.0, 1.0)
+    win = _window_index(ph, pw, s)
+    x0_win = x0.permute(0, 2, 3, 1)[win]  # (B, s, s, C)
+    best_win = x_best.permute(0, 2, 3, 1)[win]
+    up, down = (x0_win + eps).clamp_(0.0, 1.0), (x0_win - eps).clamp_(0.0, 1.0)
     # (B, C): the window of this channel would stay as it is with sign +1 / -1
-    same_up = ((up - x_best).abs() < _UNCHANGED_TOL).logical_or_(~mask).flatten(2).all(2)
-    same_down = ((down - x_best).abs() < _UNCHANGED_TOL).logical_or_(~mask).flatten(2).all(2)
+    same_up = ((up - best_win).abs_() < _UNCHANGED_TOL).flatten(1, 2).all(1)
+    same_down = ((down - best_win).abs_() < _UNCHANGED_TOL).flatten(1, 2).all(1)
     signs = torch.randint(0, 2, (_SIGN_DRAWS, b, c), device=x0.device, generator=gen).bool()  # True = +eps
     unchanged = torch.where(signs, same_up, same_down).all(2)  # (draws, B)
     first = (~unchanged).float().argmax(0)  # first draw that changes the image (0 if none does)
@@ -192,7 +195,9 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
             stuck[todo] = torch.where(sg, same_up[todo], same_down[todo]).all(1)
         if bool(stuck.any()):
             log.warning("square linf: %d proposals still unchanged after redraws", int(stuck.sum()))
-    return torch.where(mask, torch.where(chosen[:, :, None, None], up, down), x_best)
+    x_new = x_best.clone()
+    x_new.permute(0, 2, 3, 1)[win] = torch.where(chosen[:, None, None, :], up, down)
+    return x_new
 
 
 # -- l_2 ------------------------------------------------------------------------------------------------------
@@ -315,7 +320,8 @@ class SquareAttack(Attack):
                 x_new = l2_proposal(x0, xb, eps, l2_window_size(p, c, h, w), gen)
             m = state.margin(x_new, idx)
             better = m < best[idx]
-            x_best[idx] = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
-            best[idx] = torch.where(better, m, best[idx])
+            if bool(better.any()):  # only improved rows move: no full-size where/scatter of the whole batch
+                x_best[idx[better]] = x_new[better]
+                best[idx[better]] = m[better]
             state.report(x_new, idx, m < 0)
         state.keep(x_best, torch.arange(state.n, device=x_best.device))
