@@ -16,7 +16,6 @@ image is attacked); timing does not depend on the weights, only the number of fo
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import math
 import sys
@@ -24,6 +23,7 @@ import time
 from collections import Counter
 
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from rfd.attacks import make_attack

@@ -18,13 +18,13 @@ not installed: ``pip install --no-deps torchattacks``) are reported as such.
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import sys
 import time
 from typing import Any
 
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from rfd.attacks.pgd import PGD
