@@ -148,3 +148,24 @@ def test_aaa_passes_the_undefended_gradient_straight_through() -> None:
     xb = x.clone().requires_grad_(True)
     m(xb)[:, 0].sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["signflip", "rays"])
+def test_label_only_attacks_see_exactly_the_undefended_model_through_aaa(attack: str, bundled_eval) -> None:
+    # AAA never changes a label, so with the same seed a decision-based attack makes the same queries and ends
+    # the same way on both. (Study cells differ only because each cell derives its own attack seed.)
+    from rfd.attacks import make_attack
+    from rfd.blackbox import LocalBlackBox
+
+    m = create_model("fmnist-vgg").eval()  # the shipped checkpoint: real decisions, some images break
+    idx = torch.arange(0, 1000, 125)  # 8 images, one per class block of the sorted bundled split
+    x, y = bundled_eval.images[idx], bundled_eval.labels[idx]
+    runs = []
+    for model in (m, defend(m, DefenseSpec(kind="aaa"))):
+        a = make_attack(attack, norm="linf", eps=0.05, budget=300, seed=3)
+        runs.append(a.run(LocalBlackBox(model, access="labels", budget=300), x, y))
+    base, aaa = runs
+    assert 0 < int(base.success.sum()) < 8, base.summary()  # the attack did something, and not everything
+    assert torch.equal(base.success, aaa.success) and torch.equal(base.queries, aaa.queries)
+    assert torch.equal(base.x_adv, aaa.x_adv)
