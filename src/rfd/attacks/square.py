@@ -164,8 +164,8 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
     A sign draw that would leave an image unchanged is redrawn (same window) until it changes the image. All
     redraws are drawn at once: whether a channel's window changes under +eps and under -eps is computed once,
     and each image takes the first of ``_SIGN_DRAWS`` sign draws that changes it (rejection sampling, in one
-    pass). Only the windows are computed on, (B, s, s, C) gathers: the one full-size tensor made is the result
-    (full-size temporaries cost more than the arithmetic on CPU, each a fresh page-faulted allocation).
+    pass). The work is done on the windows only, (B, s, s, C) gathers, so the one full-size tensor made is the
+    result: with full-size masks and temporaries the step cost about a dozen image-sized allocations.
 
     Args:
         x0, x_best: clean and current images (B, C, H, W), x_best inside the ball.
