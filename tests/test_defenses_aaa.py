@@ -159,7 +159,7 @@ def test_label_only_attacks_see_exactly_the_undefended_model_through_aaa(attack:
     from rfd.blackbox import LocalBlackBox
 
     m = create_model("fmnist-vgg").eval()  # the shipped checkpoint: real decisions, some images break
-    idx = torch.arange(0, 1000, 125)  # 8 images, one per class block of the sorted bundled split
+    idx = torch.arange(0, 1000, 125)  # 8 images spread over the class-sorted split (8 of the 10 classes)
     x, y = bundled_eval.images[idx], bundled_eval.labels[idx]
     runs = []
     for model in (m, defend(m, DefenseSpec(kind="aaa"))):
