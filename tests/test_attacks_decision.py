@@ -58,8 +58,8 @@ class VerificationLog(LocalBlackBox):
         super().__init__(*args, **kwargs)
         self.log: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def is_adversarial(self, x, y, *, x0=None, threat=None):  # type: ignore[no-untyped-def]
-        ok = super().is_adversarial(x, y, x0=x0, threat=threat)
+    def is_adversarial(self, x, y, *, x0=None, threat=None, idx=None):  # type: ignore[no-untyped-def]
+        ok = super().is_adversarial(x, y, x0=x0, threat=threat, idx=idx)
         if threat is not None:
             self.log.append((x.clone(), ok.clone()))
         return ok
@@ -107,7 +107,7 @@ def test_invariants_and_exact_query_counts(cnn_data, cls, norm, eps, eot) -> Non
     r = attack.run(bb, x, y)
 
     # every forward is either a charged query or an (uncounted) verification forward
-    assert counted.rows == int(bb.queries.sum()) + bb.verification_forwards
+    assert counted.rows == int(bb.queries.sum()) + (bb.verification_forwards + bb.reevaluation_forwards)
     # a sample stops querying the moment it is verified: its success count is its final count
     assert torch.equal(r.queries, bb.queries.cpu())
     assert int(r.queries.max()) <= budget
@@ -173,7 +173,7 @@ def test_success_only_when_verified_with_noisy_answers(cnn_data, cls, norm, eps)
 
 
 def counted_rows_match(counted: Counting, bb: LocalBlackBox) -> bool:
-    return counted.rows == int(bb.queries.sum()) + bb.verification_forwards
+    return counted.rows == int(bb.queries.sum()) + (bb.verification_forwards + bb.reevaluation_forwards)
 
 
 # -- known answers on the linear model (class 1 iff mean pixel > 0.5) ----------------------------------------------

@@ -11,6 +11,7 @@ from torch import nn
 
 from rfd.attacks import AttackResult, make_attack
 from rfd.attacks.nes import NESAttack, NESConfig, nes_gradient
+from rfd.attacks.rng import RowDraws, SampleStreams
 from rfd.attacks.signhunt import SignHunt, chunk_bounds
 from rfd.attacks.square import (
     SquareAttack,
@@ -110,8 +111,8 @@ def test_invariants(name: str, norm: str, kind: str, linear_model: nn.Module) ->
     assert bool(threat.contains(res.x_adv, x).all())
     assert 0.0 <= counting.lo and counting.hi <= 1.0
     # query accounting is exact: every forward is a charged query or an (uncharged) verification forward
-    assert counting.rows == int(bb.queries.sum()) + bb.verification_forwards == int(res.queries.sum()) + \
-        res.verification_forwards
+    assert counting.rows == int(bb.queries.sum()) + (bb.verification_forwards + bb.reevaluation_forwards) == int(res.queries.sum()) + \
+        (res.verification_forwards + res.reevaluation_forwards)
     assert int(res.queries.max()) <= 150
     # a misclassified clean image is not attacked: no query, no success, x_adv = x
     assert res.clean_correct.tolist() == [True] * 5 + [False]
@@ -135,7 +136,7 @@ def test_budget_is_spent_exactly_and_never_exceeded(name: str, linear_model: nn.
     assert not bool(res.success.any())
     per_iter = {"square": 2, "signhunt": 2, "nes": (60 + 1) * 2}[name]
     assert res.queries.tolist() == [130 // per_iter * per_iter] * 3
-    assert counting.rows == int(res.queries.sum()) + res.verification_forwards
+    assert counting.rows == int(res.queries.sum()) + (res.verification_forwards + res.reevaluation_forwards)
 
 
 def test_black_box_budget_must_cover_the_attack(linear_model: nn.Module) -> None:
@@ -150,18 +151,18 @@ class SpyBlackBox(LocalBlackBox):
 
     def start(self, n: int) -> None:
         super().start(n)
-        self.checks: list[tuple[int, int, bool]] = []
+        self.spied: list[tuple[int, int, bool]] = []
 
     def set_originals(self, x: torch.Tensor) -> None:
         self.originals = x.flatten(1)
 
-    def is_adversarial(self, x, y, *, x0=None, threat=None):  # type: ignore[no-untyped-def]
-        ok = super().is_adversarial(x, y, x0=x0, threat=threat)
+    def is_adversarial(self, x, y, *, x0=None, threat=None, idx=None):  # type: ignore[no-untyped-def]
+        ok = super().is_adversarial(x, y, x0=x0, threat=threat, idx=idx)
         if threat is not None:  # an attack's claim (the clean check passes no threat model)
             # which samples: match the clean images handed over against the originals (all distinct)
             sample = (x0.flatten(1)[:, None] == self.originals[None]).all(2).float().argmax(1)
             q = self.queries
-            self.checks += [(int(i), int(q[i]), bool(v)) for i, v in zip(sample, ok)]
+            self.spied += [(int(i), int(q[i]), bool(v)) for i, v in zip(sample, ok)]
         return ok
 
 
@@ -175,8 +176,11 @@ def test_success_only_when_verified(name: str) -> None:
     bb.set_originals(x)
     extra = {"samples": 10} if name == "nes" else {}
     res = make_attack(name, norm="linf", eps=0.05, budget=200, seed=0, **extra).run(bb, x, y)
-    rejected = [c for c in bb.checks if not c[2]]
-    passed = [c for c in bb.checks if c[2]]
+    rejected = [c for c in bb.spied if not c[2]]
+    passed = [c for c in bb.spied if c[2]]
+    # the per-sample accounting agrees with the spy: one check per claim, each claim's query count recorded
+    assert res.checks is not None and int(res.checks.sum()) == len(bb.spied)
+    assert sorted((i, q) for i, q, _ in bb.spied) == sorted((i, q) for i, c in enumerate(res.claims) for q in c)
     assert rejected, "the noisy model should make some single queries look adversarial falsely"
     # success exactly for the samples with a passing check, at the query count of that (first and only) check
     assert sorted(i for i, _, _ in passed) == torch.nonzero(res.success).flatten().tolist()
@@ -199,7 +203,7 @@ def test_eot_pays_m_queries_per_evaluation(name: str, linear_model: nn.Module) -
     assert torch.equal(r3.success, r1.success) and bool(r1.success.any())
     assert torch.equal(r3.queries, 3 * r1.queries)
     assert torch.allclose(r3.x_adv, r1.x_adv)
-    assert c3.rows - r3.verification_forwards == 3 * (c1.rows - r1.verification_forwards)
+    assert c3.rows - (r3.verification_forwards + r3.reevaluation_forwards) == 3 * (c1.rows - (r1.verification_forwards + r1.reevaluation_forwards))
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -255,6 +259,11 @@ def test_l2_attacks_find_the_linear_direction(name: str, gap_frac: float, max_qu
 
 
 # -- the Square building blocks ---------------------------------------------------------------------------------
+def _draws(n: int, seed: int) -> RowDraws:
+    """Per-image draws for a batch of n images (as an attack's ``state.rng.rows(idx)`` with every image active)."""
+    return SampleStreams(n, seed).rows(torch.arange(n))
+
+
 def test_p_schedule_matches_the_reference() -> None:
     assert p_schedule(0.05, 0, 10000) == 0.05
     assert p_schedule(0.05, 10, 10000) == 0.05
@@ -290,12 +299,13 @@ def test_square_proposals_change_every_image_at_per_image_windows(norm: str) -> 
     x0 = torch.rand(64, 1, 10, 10, generator=g)
     eps = 0.05 if norm == "linf" else 1.0
     # for l_inf start every image in the +eps corner: half of all sign draws would reproduce it
-    x_best = (x0 + eps).clamp(0, 1) if norm == "linf" else l2_init(x0, eps, g)
+    rows = _draws(64, 0)
+    x_best = (x0 + eps).clamp(0, 1) if norm == "linf" else l2_init(x0, eps, rows)
     for _ in range(5):
         if norm == "linf":
-            x_new = linf_proposal(x0, x_best, eps, 3, g)
+            x_new = linf_proposal(x0, x_best, eps, 3, rows)
         else:
-            x_new = l2_proposal(x0, x_best, eps, 3, g)
+            x_new = l2_proposal(x0, x_best, eps, 3, rows)
         assert bool(((x_new - x_best).abs().flatten(1).amax(1) > 0).all())  # no image left unchanged
         assert bool(ThreatModel(norm=norm, eps=eps).contains(x_new, x0).all())
         changed = (x_new != x_best).flatten(1)
@@ -308,7 +318,7 @@ def test_linf_proposal_sets_one_window_per_image_to_a_signed_corner_per_channel(
     b, c, h, w, s, eps = 32, 3, 9, 7, 4, 0.1
     x0 = 0.2 + 0.6 * torch.rand(b, c, h, w, generator=g)  # away from 0 and 1: no clipping, every window pixel moves
     x_best = x0 + (torch.rand(x0.shape, generator=g) * 1.8 - 0.9) * eps  # strictly inside the ball
-    x_new = linf_proposal(x0, x_best, eps, s, g)
+    x_new = linf_proposal(x0, x_best, eps, s, _draws(b, 3))
     up, down = (x0 + eps).clamp(0, 1), (x0 - eps).clamp(0, 1)
     for i in range(b):
         rows, cols = torch.nonzero((x_new[i] != x_best[i]).any(0), as_tuple=True)
@@ -324,17 +334,17 @@ def test_linf_proposal_sets_one_window_per_image_to_a_signed_corner_per_channel(
 def test_square_inits_lie_in_the_ball() -> None:
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(5, 3, 28, 28, generator=g)
-    xi = linf_init(x0, 0.05, g)
+    xi = linf_init(x0, 0.05, _draws(5, 0))
     inner = (x0 > 0.05) & (x0 < 0.95)  # pixels where clipping cannot act
     assert torch.allclose((xi - x0).abs()[inner], torch.tensor(0.05))
-    x2 = l2_init(x0, 2.0, g)
+    x2 = l2_init(x0, 2.0, _draws(5, 1))
     assert bool(ThreatModel(norm="l2", eps=2.0).contains(x2, x0).all())
     assert float((x2 - x0).flatten(1).norm(dim=1).min()) > 1.5  # at (or, after clipping, near) the sphere
 
 
 def test_linf_init_is_vertical_stripes() -> None:
     x0 = torch.full((4, 2, 6, 6), 0.5)
-    d = linf_init(x0, 0.05, torch.Generator().manual_seed(0)) - x0
+    d = linf_init(x0, 0.05, _draws(4, 0)) - x0
     assert torch.allclose(d.abs(), torch.full_like(d, 0.05))
     assert torch.equal(d, d[:, :, :1].expand_as(d))  # constant along each column
 

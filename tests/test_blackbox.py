@@ -98,16 +98,81 @@ def test_label_access_refuses_scores_but_answers_labels() -> None:
         make_attack("square", budget=5).run(bb, _x(1), torch.tensor([0]))
 
 
-@pytest.mark.parametrize("wrong,expected", [(5, True), (4, False), (9, True), (0, False)])
-def test_verify_is_a_majority_of_k_forwards_and_free(wrong: int, expected: bool) -> None:
-    # true label 0; the script answers label 1 ("wrong") in `wrong` of 9 forwards
-    model = ScriptedModel([1] * wrong + [0] * (9 - wrong))
+class PerImageScript(nn.Module):
+    """Row ``i`` of a batch is image ``round(100 * x[i, 0, 0, 0])``; its t-th forward (over all calls, however
+    batched) predicts ``scripts[image][t]``. So a check's votes can be scripted per image exactly."""
+
+    def __init__(self, scripts: list[list[int]], num_classes: int = 3) -> None:
+        super().__init__()
+        self.scripts = scripts
+        self.num_classes = num_classes
+        self.seen = [0] * len(scripts)
+        self.dummy = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], self.num_classes)
+        for r, img in enumerate(torch.round(100 * x[:, 0, 0, 0]).long().tolist()):
+            out[r, self.scripts[img][self.seen[img]]] = 5.0
+            self.seen[img] += 1
+        return out
+
+
+def _ids(n: int) -> torch.Tensor:
+    x = torch.full((n, 1, 2, 2), 0.5)
+    x[:, 0, 0, 0] = torch.arange(n) / 100
+    return x
+
+
+# (script of 9 votes for an image of label 0, decision of the full majority, votes until it is decided)
+_VOTES = [([1] * 5 + [0] * 4, True, 5), ([0] * 5 + [1] * 4, False, 5), ([0] * 4 + [1] * 5, True, 9),
+          ([1, 0] * 4 + [0], False, 9), ([1, 1, 0, 1, 1, 1, 0, 0, 0], True, 6), ([0, 1, 0, 0, 1, 0, 0, 1, 1], False, 7)]
+
+
+def test_verify_is_a_majority_of_k_forwards_stopped_once_decided_and_free() -> None:
+    scripts = [s for s, _, _ in _VOTES]
+    model = PerImageScript(scripts)
     bb = LocalBlackBox(model, verify=9)
-    bb.start(2)
-    ok = bb.is_adversarial(_x(2), torch.tensor([0, 0]))
-    assert ok.tolist() == [expected, expected]
-    assert model.calls == 9 and bb.verification_forwards == 18
-    assert bb.queries.tolist() == [0, 0]  # success checks are not charged
+    bb.start(len(scripts))
+    idx = torch.arange(len(scripts))
+    ok = bb.is_adversarial(_ids(len(scripts)), torch.zeros(len(scripts), dtype=torch.int64), idx=idx)
+    assert ok.tolist() == [e for _, e, _ in _VOTES]
+    # each image voted exactly until its majority was decided, the same decision as all 9 votes
+    assert model.seen == [v for _, _, v in _VOTES]
+    assert bb.check_forwards.tolist() == [v for _, _, v in _VOTES]
+    assert bb.checks.tolist() == [1] * len(scripts)
+    assert bb.verification_forwards == sum(v for _, _, v in _VOTES)
+    assert bb.queries.tolist() == [0] * len(scripts)  # success checks are not charged
+
+
+def test_charged_check_pays_each_vote_from_the_budget_and_fails_when_it_cannot_finish() -> None:
+    scripts = [[1] * 20, [0] * 4 + [1] * 16, [1] * 20]
+    bb = LocalBlackBox(PerImageScript(scripts), verify=9, check="charged", budget=6)
+    bb.start(3)
+    x = _ids(3)
+    bb.scores(x[2:], torch.tensor([2]))  # image 2 has spent 1 of its 6 queries
+    ok = bb.is_adversarial(x, torch.zeros(3, dtype=torch.int64), idx=torch.arange(3))
+    # image 0: 5 wrong votes (5 queries); image 1 needs 9 votes but can pay 6: undecided, fails; image 2 pays 5
+    assert ok.tolist() == [True, False, True]
+    assert bb.queries.tolist() == [5, 6, 6]
+    assert bb.check_forwards.tolist() == [5, 6, 5]
+    assert bb.verification_forwards == 0  # nothing uncounted
+    # the clean-image check (no idx) is never charged
+    bb.start(3)
+    bb.is_adversarial(x, torch.zeros(3, dtype=torch.int64))
+    assert bb.queries.tolist() == [0, 0, 0] and bb.checks.tolist() == [0, 0, 0]
+
+
+def test_reevaluation_is_the_misclassification_rate_of_r_uncounted_forwards() -> None:
+    scripts = [[1] * 3 + [0] * 7, [0] * 10, [2] * 10]
+    bb = LocalBlackBox(PerImageScript(scripts), reevaluate=10)
+    bb.start(3)
+    p = bb.reevaluate_wrong(_ids(3), torch.zeros(3, dtype=torch.int64))
+    assert p.tolist() == [0.3, 0.0, 1.0]
+    assert bb.reevaluation_forwards == 30 and bb.queries.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="reevaluate"):
+        LocalBlackBox(PerImageScript(scripts), reevaluate=0)
+    with pytest.raises(ValueError, match="check must be"):
+        LocalBlackBox(PerImageScript(scripts), check="paid")  # type: ignore[arg-type]
 
 
 def test_verify_one_is_the_lucky_single_forward() -> None:

@@ -62,6 +62,9 @@ def test_demo_smoke_tiny(tmp_path: Path) -> None:
     assert "square 10" in table and "rays 40" in table
     report = (out / "report.md").read_text()
     assert "robust_vs_queries.png" in report and "20 class-balanced images" in report
+    # paper and strict side by side, and the paired feature-vs-input comparison under both
+    assert "square 10 paper" in report and "square 10 strict" in report
+    assert "Feature vs input noise, paired" in report and "strict @ 40" in report and "McNemar" in report
     again = run_demo(out, **kw)  # type: ignore[arg-type]
     assert again.summary.units_run == 0 and again.table_md == res.table_md
 

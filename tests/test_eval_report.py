@@ -11,23 +11,33 @@ from rfd.cli.main import main
 from rfd.eval.results import load_results, robust_curve
 from rfd.eval.store import ChunkInfo, ResultStore, SampleRow
 from rfd.eval.tables import build_table, render, resolve_kind
+from rfd.stats import Estimate, wilson
 
-# (clean_correct, success, queries) per sample
-FOUR = [(1, 1, 10), (1, 1, 60), (1, 0, 100), (0, 0, 0)]
+# (clean_correct, success, queries[, p_wrong]) per sample; p_wrong (re-evaluation of a broken sample's final
+# image) defaults to 1.0, a real break. Sample 1 below passed the check by luck (misclassified in 30% of forwards).
+FOUR = [(1, 1, 10, 0.9), (1, 1, 60, 0.3), (1, 0, 100), (0, 0, 0)]
+
+
+def pct(e: object) -> float:
+    assert isinstance(e, Estimate)
+    return 100 * e.value
 
 
 def add_run(s: ResultStore, *, model: str = "vgg", family: str = "none", drop: float | None = None,
             sigma: float | None = None, layers: tuple[str, ...] = (), attack: str = "square", budget: int = 100,
             eot: int = 1, verify: int = 9, params: dict[str, Any] | None = None, eps: float = 0.05,
-            samples: list[tuple[int, int, int]] = FOUR, n_expected: int | None = None) -> int:
+            samples: list[tuple[Any, ...]] = FOUR, n_expected: int | None = None) -> int:
     ident = {"model": {"name": model}, "defense": {"family": family, "layers": list(layers), "drop": drop,
                                                    "sigma": sigma, "scaled": False, "params": {}},
              "attack": {"name": attack, "norm": "linf", "eps": eps, "budget": budget, "eot": eot, "verify": verify,
                         "params": params or {}},
-             "n": n_expected or len(samples), "seed": 0, "chunk_size": 50, "data": {}}
+             "n": n_expected or len(samples), "seed": 0, "chunk_size": 50, "data": {}, "seeding": "paired"}
     key = f"{model}-{family}-{drop}-{sigma}-{layers}-{attack}-{budget}-{eot}-{verify}-{params}-{eps}"
     rid = s.ensure_run(key, {"identity": ident, "sigma": 0.1 if family != "none" else None}, {"model": model})
-    rows = [SampleRow(i, i, 0, bool(c), bool(su), q, 0.05, 1.0) for i, (c, su, q) in enumerate(samples)]
+    rows = [SampleRow(i, i, 0, bool(t[0]), bool(t[1]), t[2], 0.05, 1.0, checks=int(t[1]), check_forwards=5 * t[1],
+                      claims=f"[{t[2]}]" if t[1] else "[]", p_wrong=(t[3] if len(t) > 3 else 1.0) if t[1] else None,
+                      clean_p_wrong=0.0 if t[0] else 1.0)
+            for i, t in enumerate(samples)]
     s.write_chunk(rid, ChunkInfo(0, 1, len(rows), 0, 0, 0.0), rows)
     return rid
 
@@ -48,38 +58,58 @@ def store(tmp_path: Path) -> Path:
 def test_robust_table_known_answers(store: Path) -> None:
     t = build_table(load_results(store), "2")
     f = t.frame
-    assert list(f.index) == [("vgg", "Base", ""), ("vgg", "Feature", "≈2%")]
-    assert f.loc[("vgg", "Base", ""), ("Acc", "")] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
-    assert f.loc[("vgg", "Base", ""), ("square", 50)] == pytest.approx(50.0)
-    assert f.loc[("vgg", "Base", ""), ("square", 100)] == pytest.approx(25.0)
-    assert f.loc[("vgg", "Feature", "≈2%"), ("square", 50)] == pytest.approx(75.0)
-    assert f.loc[("vgg", "Feature", "≈2%"), ("square", 100)] == pytest.approx(75.0)
-    assert f.loc[("vgg", "Base", ""), ("rays", 50)] == pytest.approx(0.0)
-    assert f.loc[("vgg", "Feature", "≈2%"), ("rays", 50)] == pytest.approx(75.0)
-    assert f.loc[("vgg", "Feature", "≈2%"), ("rays", 100)] == pytest.approx(50.0)
+    base, feat = ("vgg", "Base", ""), ("vgg", "Feature", "≈2%")
+    assert list(f.index) == [base, feat]
+    assert f.loc[base, ("Acc", "", "")] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
+    assert f.loc[base, ("E[Acc]", "", "")] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
+    assert pct(f.loc[base, ("square", 50, "paper")]) == pytest.approx(50.0)
+    assert pct(f.loc[base, ("square", 100, "paper")]) == pytest.approx(25.0)
+    # strict: sample 1's break (p_wrong 0.3) was a lucky pass of the check and does not count
+    assert pct(f.loc[base, ("square", 50, "strict")]) == pytest.approx(50.0)
+    assert pct(f.loc[base, ("square", 100, "strict")]) == pytest.approx(50.0)
+    assert pct(f.loc[feat, ("square", 50, "paper")]) == pytest.approx(75.0)
+    assert pct(f.loc[feat, ("square", 100, "paper")]) == pytest.approx(75.0)
+    assert pct(f.loc[base, ("rays", 50, "paper")]) == pytest.approx(0.0)
+    assert pct(f.loc[feat, ("rays", 50, "paper")]) == pytest.approx(75.0)
+    assert pct(f.loc[feat, ("rays", 100, "strict")]) == pytest.approx(50.0)
+    # every value carries its Wilson interval over the 4 images
+    e = f.loc[base, ("square", 100, "paper")]
+    assert (e.low, e.high, e.n) == (wilson(1, 4).low, wilson(1, 4).high, 4)
+    assert [c[2] for c in f.columns if c[0] == "square"] == ["paper", "strict", "paper", "strict"]
     md = render(t, "md")
-    assert "| vgg | Base |  | 62.5 | 50.0 | 25.0 | 0.0 | 0.0 |" in md
-    assert "|  | Feature | ≈2% | 87.5 | 75.0 | 75.0 | 75.0 | 50.0 |" in md
+    w = wilson(2, 4).percent()
+    assert f"| vgg | Base |  | 62.5 | 62.5 | {w} | {w} | {wilson(1, 4).percent()} | {w} |" in md
     csv = render(t, "csv").splitlines()
-    assert csv[0] == "Model,Method,Drop,Acc,square 50,square 100,rays 50,rays 100"
-    assert csv[1] == "vgg,Base,,62.5,50.0,25.0,0.0,0.0"
+    assert csv[0].startswith("Model,Method,Drop,Acc,E[Acc],square 50 paper,square 50 paper low,square 50 paper high,")
+    assert csv[1].startswith(f"vgg,Base,,62.5,62.5,50.0,{100 * wilson(2, 4).low},{100 * wilson(2, 4).high},")
     tex = render(t, "latex")
-    assert r"\multicolumn{2}{c}{square}" in tex and r"$\approx$2\%" in tex and r"\bottomrule" in tex
+    assert r"\multicolumn{4}{c}{square}" in tex and r"$\approx$2\%" in tex and r"\bottomrule" in tex
+
+
+def test_expected_reading_is_the_chance_the_model_is_right_on_the_final_image(store: Path) -> None:
+    t = build_table(load_results(store), "robust", readings=["expected"], budgets=[100])
+    e = t.frame.loc[("vgg", "Base", ""), ("square", 100, "expected")]
+    # images: broken (1 - 0.9), broken by luck (1 - 0.3), robust (1), misclassified clean (0)
+    assert e.value == pytest.approx((0.1 + 0.7 + 1 + 0) / 4) and e.method == "bootstrap"
+    assert e.low <= e.value <= e.high
+    with pytest.raises(ValueError, match="unknown reading"):
+        build_table(load_results(store), "robust", readings=["lucky"])
 
 
 def test_budgets_option_and_run_budget_limit(store: Path) -> None:
     t = build_table(load_results(store), "robust", budgets=[10, 200])
     # 200 exceeds every run's budget: no column rather than a made-up number
-    assert [c for c in t.frame.columns if c[0] == "square"] == [("square", 10)]
-    assert t.frame.loc[("vgg", "Base", ""), ("square", 10)] == pytest.approx(50.0)
+    assert [c for c in t.frame.columns if c[0] == "square"] == [("square", 10, "paper"), ("square", 10, "strict")]
+    assert pct(t.frame.loc[("vgg", "Base", ""), ("square", 10, "paper")]) == pytest.approx(50.0)
 
 
 def test_decision_table(store: Path) -> None:
     f = build_table(load_results(store), "5").frame
-    assert f.loc[("vgg", "Feature", "≈2%"), "rays"] == pytest.approx(50.0)
-    assert f.loc[("vgg", "Base", ""), "square"] == pytest.approx(25.0)
+    assert pct(f.loc[("vgg", "Feature", "≈2%"), ("rays", "paper")]) == pytest.approx(50.0)
+    assert pct(f.loc[("vgg", "Base", ""), ("square", "paper")]) == pytest.approx(25.0)
+    assert pct(f.loc[("vgg", "Base", ""), ("square", "strict")]) == pytest.approx(50.0)
     f = build_table(load_results(store), "decision", budget=50).frame
-    assert f.loc[("vgg", "Feature", "≈2%"), "rays"] == pytest.approx(75.0)
+    assert pct(f.loc[("vgg", "Feature", "≈2%"), ("rays", "paper")]) == pytest.approx(75.0)
 
 
 def test_strength_layer_eot_lucky_tables(tmp_path: Path) -> None:
@@ -97,22 +127,22 @@ def test_strength_layer_eot_lucky_tables(tmp_path: Path) -> None:
     res = load_results(db)
     sq = res.subset(res.runs.attack == "square")
     f = build_table(sq.subset(sq.runs.verify > 1), "3").frame
-    assert f.loc[("square", "p_init=0.05"), ("vgg", "≈2%", "Feature")] == pytest.approx(100.0)
-    assert f.loc[("square", "p_init=0.3"), ("vgg", "≈2%", "Feature")] == pytest.approx(50.0)
+    assert pct(f.loc[("square", "p_init=0.05"), ("vgg", "≈2%", "Feature", "paper")]) == pytest.approx(100.0)
+    assert pct(f.loc[("square", "p_init=0.3"), ("vgg", "≈2%", "Feature", "paper")]) == pytest.approx(50.0)
     f = build_table(res.subset(res.runs.attack == "nes"), "14").frame
-    assert f.loc[("vgg", "net.features.2"), "nes"] == pytest.approx(50.0)
-    assert f.loc[("vgg", "penultimate"), "nes"] == pytest.approx(50.0)
+    assert pct(f.loc[("vgg", "net.features.2"), ("nes", "paper")]) == pytest.approx(50.0)
+    assert pct(f.loc[("vgg", "penultimate"), ("nes", "strict")]) == pytest.approx(50.0)
     f = build_table(res.subset(res.runs.attack == "nes"), "layer", budget=50).frame
-    assert f.loc[("vgg", "penultimate"), "nes"] == pytest.approx(100.0)
+    assert pct(f.loc[("vgg", "penultimate"), ("nes", "paper")]) == pytest.approx(100.0)
     f = build_table(res.subset(res.runs.attack == "signhunt"), "7").frame
     row = ("signhunt", "Input", "≈2%")
-    assert f.loc[row, ("vgg", "M=1 QC=100")] == pytest.approx(50.0)
-    assert f.loc[row, ("vgg", "M=5 QC=100")] == pytest.approx(100.0)
-    assert f.loc[row, ("vgg", "M=5 QC=500")] == pytest.approx(50.0)
-    assert ("vgg", "M=1 QC=500") not in f.columns
+    assert pct(f.loc[row, ("vgg", "M=1 QC=100", "paper")]) == pytest.approx(50.0)
+    assert pct(f.loc[row, ("vgg", "M=5 QC=100", "paper")]) == pytest.approx(100.0)
+    assert pct(f.loc[row, ("vgg", "M=5 QC=500", "strict")]) == pytest.approx(50.0)
+    assert ("vgg", "M=1 QC=500", "paper") not in f.columns
     f = build_table(res, "15").frame
-    assert f.loc[("vgg", "Base", ""), ("square", "N=100")] == pytest.approx(100.0)
-    assert f.loc[("vgg", "Base", ""), ("square", "N=500")] == pytest.approx(50.0)
+    assert pct(f.loc[("vgg", "Base", ""), ("square", "N=100", "paper")]) == pytest.approx(100.0)
+    assert pct(f.loc[("vgg", "Base", ""), ("square", "N=500", "paper")]) == pytest.approx(50.0)
 
 
 def test_incomplete_runs_are_flagged_and_kinds_resolve(tmp_path: Path) -> None:
@@ -138,13 +168,13 @@ def test_cli_report_formats_plot_and_raw(store: Path, tmp_path: Path, capsys: py
     png = tmp_path / "curves.png"
     assert main(["report", str(store), "--table", "2", "--format", "md", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "| vgg | Base |  | 62.5 |" in out
+    assert "| vgg | Base |  | 62.5 | 62.5 |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert main(["report", str(store), "--raw"]) == 0
     raw = capsys.readouterr().out.splitlines()
     assert raw[0].startswith("run_id,model,method") and len(raw) == 1 + 16
     assert main(["report", str(store), "--table", "robust", "--attack", "rays", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "Model,Method,Drop,Acc,rays 50,rays 100"
+    assert capsys.readouterr().out.splitlines()[0].startswith("Model,Method,Drop,Acc,E[Acc],rays 50 paper,")
     assert main(["report", str(store), "--table", "lucky"]) == 2
     assert "verify" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "none.sqlite")]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 
@@ -26,9 +27,53 @@ CONFIG = {"identity": {"n": 4}, "sigma": 0.5}
 def test_wal_mode_and_schema(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as s:
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert s.meta()["schema_version"] == "1"
+        assert s.meta()["schema_version"] == "2"
     with pytest.raises(FileNotFoundError):
         ResultStore(tmp_path / "absent.sqlite", create=False)
+
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE calibrations (key TEXT PRIMARY KEY, sigma REAL NOT NULL, record TEXT NOT NULL,
+    rfd_version TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE runs (run_id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, config TEXT NOT NULL,
+    labels TEXT NOT NULL, rfd_version TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE chunks (run_id INTEGER NOT NULL REFERENCES runs(run_id), chunk INTEGER NOT NULL,
+    seed INTEGER NOT NULL, n_samples INTEGER NOT NULL, queries INTEGER NOT NULL,
+    verification_forwards INTEGER NOT NULL, elapsed_s REAL NOT NULL, finished TEXT NOT NULL,
+    PRIMARY KEY (run_id, chunk));
+CREATE TABLE samples (run_id INTEGER NOT NULL REFERENCES runs(run_id), sample INTEGER NOT NULL,
+    chunk INTEGER NOT NULL, dataset_index INTEGER NOT NULL, label INTEGER NOT NULL,
+    clean_correct INTEGER NOT NULL, success INTEGER NOT NULL, queries INTEGER NOT NULL, linf REAL NOT NULL,
+    l2 REAL NOT NULL, UNIQUE (run_id, sample));
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO runs VALUES (1, 'old', '{"identity":{"model":{"name":"m"},"defense":{"family":"none","layers":[],
+    "drop":null,"sigma":null,"scaled":false,"params":{}},"attack":{"name":"square","norm":"linf","eps":0.1,
+    "budget":10,"eot":1,"verify":9,"params":{}},"n":2,"seed":0},"sigma":null}', '{}', '0.1.0', 'then');
+INSERT INTO chunks VALUES (1, 0, 7, 2, 20, 18, 0.5, 'then');
+INSERT INTO samples VALUES (1, 0, 0, 10, 3, 1, 1, 5, 0.05, 1.0);
+INSERT INTO samples VALUES (1, 1, 0, 11, 4, 1, 0, 10, 0.05, 1.0);
+"""
+
+
+def test_a_schema_1_store_is_migrated_and_stays_readable(tmp_path: Path) -> None:
+    from rfd.eval.results import load_results
+
+    db = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(_V1)
+    conn.close()
+    res = load_results(db)  # migrates: new columns NULL
+    with ResultStore(db) as s:
+        assert s.meta()["schema_version"] == "2" and s.meta()["migrated_from"] == "1"
+        assert s.chunk_info(1)[0].reevaluation_forwards is None
+    assert res.samples.success.tolist() == [True, False]
+    assert res.runs.seeding.tolist() == ["per-run (rfd 0.1)"]
+    from rfd.eval.results import robust_accuracy
+
+    run = res.samples
+    assert robust_accuracy(run, 10, "paper") == 0.5
+    assert math.isnan(robust_accuracy(run, 10, "strict"))  # no re-evaluation stored: unknown, not guessed
 
 
 def test_chunk_written_once_and_identical_rewrite_is_a_noop(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_validation_errors_say_where_and_what(raw: dict, where: str, what: str) 
 
 
 def test_unknown_key_message_lists_allowed_keys() -> None:
-    with pytest.raises(StudyError, match=r"allowed: name, norm, eps, budget, eot, verify, params, sweep, label"):
+    with pytest.raises(StudyError, match=r"allowed: name, norm, eps, budget, eot, verify, check, reevaluate, params, sweep, label"):
         parse_study({**BASE, "attacks": [{"name": "square", "step": 1}]})
 
 

@@ -99,8 +99,8 @@ def test_square_attack_same_result_remote_and_local(serve):  # type: ignore[no-u
         res = attack.run(remote, x, y)
         assert torch.equal(res.success, local.success) and torch.equal(res.queries, local.queries)
         assert torch.equal(res.x_adv, local.x_adv)
-        assert res.verification_forwards == local.verification_forwards
-        assert srv.used("attacker") == int(remote.queries.sum()) + remote.verification_forwards
+        assert (res.verification_forwards + res.reevaluation_forwards) == (local.verification_forwards + local.reevaluation_forwards)
+        assert srv.used("attacker") == int(remote.queries.sum()) + (remote.verification_forwards + remote.reevaluation_forwards)
 
 
 @pytest.mark.parametrize("evaluator", [False, True], ids=["one-key", "evaluator-key"])
@@ -112,13 +112,13 @@ def test_server_count_equals_attack_accounting(serve, evaluator):  # type: ignor
                         verify_api_key="k-evaluator" if evaluator else None) as bb:
         res = attack.run(bb, x, y)
         charged = int(bb.queries.sum())
-        assert res.verification_forwards == bb.verification_forwards > 0
-        assert bb.sent == {"attack": charged, "verify": bb.verification_forwards}
+        assert (res.verification_forwards + res.reevaluation_forwards) == (bb.verification_forwards + bb.reevaluation_forwards) > 0
+        assert bb.sent == {"attack": charged, "verify": (bb.verification_forwards + bb.reevaluation_forwards)}
         if evaluator:  # the attacker's key pays exactly the attack's queries
-            assert srv.used("attacker") == charged and srv.used("evaluator") == res.verification_forwards
-            assert bb.usage()["used"] == charged and bb.usage("verify")["used"] == res.verification_forwards
+            assert srv.used("attacker") == charged and srv.used("evaluator") == (res.verification_forwards + res.reevaluation_forwards)
+            assert bb.usage()["used"] == charged and bb.usage("verify")["used"] == (res.verification_forwards + res.reevaluation_forwards)
         else:
-            assert srv.used("attacker") == charged + res.verification_forwards
+            assert srv.used("attacker") == charged + (res.verification_forwards + res.reevaluation_forwards)
             assert srv.used("evaluator") == 0
     assert charged > 0 and int(res.queries.max()) <= 30
     assert bool((res.linf <= 0.1 + 1e-6).all())
@@ -134,7 +134,7 @@ def test_decision_attack_on_a_label_only_server(serve):  # type: ignore[no-untyp
             bb.start(1)
             bb.scores(x[:1], torch.zeros(1, dtype=torch.int64))
         res = make_attack("rays", eps=0.1, budget=40, seed=0).run(bb, x, y)
-        assert srv.used("attacker") == int(bb.queries.sum()) + res.verification_forwards
+        assert srv.used("attacker") == int(bb.queries.sum()) + (res.verification_forwards + res.reevaluation_forwards)
         assert int(bb.queries.max()) <= 40
 
 
@@ -210,7 +210,7 @@ def test_rfd_attack_remote(tmp_path, capsys):  # type: ignore[no-untyped-def]
         used = app.state.service._used
         assert out["remote"]["server"]["defense"] == {"kind": "feature"}
         assert used["attacker"] == sent["attack"] > 0 and used["evaluator"] == sent["verify"]
-        assert sent["verify"] == out["verification_forwards"]
+        assert sent["verify"] == out["verification_forwards"] + out["reevaluation_forwards"]
         assert sent["attack"] <= 12 * 10
         # refusals end as one clear error line, not a traceback
         assert main(common + ["--remote", srv.url, "--api-key", "k-small"]) == 2

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from rfd.attacks.projections import project
 from rfd.attacks.result import AttackResult
+from rfd.attacks.rng import SampleStreams
 from rfd.blackbox.base import BlackBox
 from rfd.blackbox.losses import margin_loss
 from rfd.blackbox.threat import ThreatModel, distances
@@ -53,6 +54,7 @@ class AttackState:
         active: bool (N,), samples still being attacked (clean-correct, not yet broken, budget left).
         success: bool (N,); success_queries: int64 (N,) queries at first verified success (-1 if none).
         x_adv: (N, C, H, W), per sample the verified adversarial image, else the attack's latest iterate.
+        rng: :class:`~rfd.attacks.rng.SampleStreams`, one random stream per sample (use it for every draw).
     """
 
     def __init__(self, bb: BlackBox, x0: torch.Tensor, y: torch.Tensor, config: AttackConfig,
@@ -68,11 +70,18 @@ class AttackState:
         self.success_queries = torch.full((self.n,), -1, dtype=torch.int64, device=x0.device)
         self.x_adv = x0.clone()
         self.active = clean_correct.clone()
+        # one random stream per sample (seeded by the attack's seed): attacks draw with
+        # ``state.rng.rows(idx).rand(B, ...)`` so that a sample's draws do not depend on which other samples are
+        # still active (the same draws per image under every defense: paired comparisons)
+        self.rng = SampleStreams(self.n, config.seed, x0.device)
         # per-sample (N,) outputs an attack wants in its result (AttackResult.extras), e.g. "radius"
         self.extras: dict[str, torch.Tensor] = {}
         self._bar = tqdm(total=int(self.active.sum()) * self.budget, desc=desc, unit="q", disable=not progress,
                          leave=False)
         self._charged = 0
+        # every claim offered to the check: sample rows and their query counts at the claim
+        self._claim_idx: list[torch.Tensor] = []
+        self._claim_queries: list[torch.Tensor] = []
 
     # -- budget ---------------------------------------------------------------------------------------
     def remaining(self, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,14 +137,17 @@ class AttackState:
     # -- success (verified, not charged) ----------------------------------------------------------------
     def report(self, x: torch.Tensor, idx: torch.Tensor, claimed: torch.Tensor | None = None) -> torch.Tensor:
         """Offer candidates x (B, ...) for samples idx whose own query looked adversarial (``claimed``, bool (B,);
-        default all). Each claim is verified by majority vote and the eps-ball test; verified samples are marked
-        broken at their current query count, store x, and stop. Returns bool (B,): verified."""
+        default all). Each claim is recorded (its query count), then verified by the black box's check (majority
+        of ``verify`` votes, free or charged) and the eps-ball test; verified samples are marked broken at their
+        query count after the check, store x, and stop. Returns bool (B,): verified."""
         verified = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         sel = torch.ones_like(verified) if claimed is None else claimed
         sel = sel & self.active[idx]
         if bool(sel.any()):
             i = idx[sel]
-            ok = self.bb.is_adversarial(x[sel], self.y[i], x0=self.x0[i], threat=self.threat)
+            self._claim_idx.append(i)
+            self._claim_queries.append(self.bb.queries[i])
+            ok = self.bb.is_adversarial(x[sel], self.y[i], x0=self.x0[i], threat=self.threat, idx=i)
             hit = i[ok]
             self.success[hit] = True
             self.success_queries[hit] = self.bb.queries[hit]
@@ -152,6 +164,18 @@ class AttackState:
     def close(self) -> None:
         self._tick()
         self._bar.close()
+
+    def claims(self) -> list[list[int]]:
+        """Per sample, the query count at each of its claims, in order (one sort at the end, not per claim)."""
+        out: list[list[int]] = [[] for _ in range(self.n)]
+        if not self._claim_idx:
+            return out
+        i = torch.cat(self._claim_idx).cpu()
+        q = torch.cat(self._claim_queries).cpu()
+        order = torch.argsort(i * (int(q.max()) + 1) + q, stable=True)
+        for a, b in zip(i[order].tolist(), q[order].tolist()):
+            out[a].append(b)
+        return out
 
 
 class Attack(ABC):
@@ -199,12 +223,22 @@ class Attack(ABC):
             state.close()
         linf, l2 = distances(state.x_adv, x0)
         queries = torch.where(state.success, state.success_queries, bb.queries)
+        # Final re-evaluation (uncounted, like the check): R fresh forwards of every verified adversarial image,
+        # and of the clean images, so that a lucky pass of the check can be told from a real break.
+        p_wrong = torch.full((x0.shape[0],), float("nan"), dtype=torch.float64, device=dev)
+        s = state.success
+        if bool(s.any()):
+            p_wrong[s] = bb.reevaluate_wrong(state.x_adv[s], y0[s])
+        clean_p_wrong = bb.reevaluate_wrong(x0, y0)
         return AttackResult(
             attack=self.name, norm=self.config.norm, eps=self.config.eps, budget=self.config.budget,
             clean_correct=clean_correct.cpu(), success=state.success.cpu(), queries=queries.cpu(),
             x_adv=state.x_adv.cpu(), linf=linf.cpu(), l2=l2.cpu(),
             verification_forwards=bb.verification_forwards, config=self.config.to_dict(),
             extras={k: v.detach().cpu() for k, v in state.extras.items()},
+            checks=bb.checks.cpu(), check_forwards=bb.check_forwards.cpu(), claims=state.claims(),
+            p_wrong=p_wrong.cpu(), clean_p_wrong=clean_p_wrong.cpu(), verify=bb.verify, check=bb.check,
+            reevaluate=bb.reevaluate, reevaluation_forwards=bb.reevaluation_forwards,
         )
 
     @abstractmethod

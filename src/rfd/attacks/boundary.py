@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from rfd.attacks.base import AttackState
+from rfd.attacks.rng import RowDraws
 
 __all__ = [
     "Path",
@@ -99,20 +100,21 @@ def bisect_boundary(
 
 
 def random_adversarial(
-    state: AttackState, idx: torch.Tensor, gen: torch.Generator, tries: int,
+    state: AttackState, idx: torch.Tensor, draws: RowDraws, tries: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Look for an adversarial starting point by drawing uniform-noise images in [0, 1] (one query per draw).
 
     All samples that have not found one yet draw together, each at most ``tries`` times and only while it can
-    pay. Returns (x (B, C, H, W): the first noise image called adversarial, else the clean image; found: bool
-    (B,))."""
+    pay; ``draws`` are the per-sample streams of the rows idx (``state.rng.rows(idx)``), so a sample's noise
+    images do not depend on the other samples. Returns (x (B, C, H, W): the first noise image called
+    adversarial, else the clean image; found: bool (B,))."""
     x = state.x0[idx].clone()
     found = torch.zeros(idx.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(tries):
         rows = torch.nonzero(~found & can_pay(state, idx)).flatten()
         if rows.numel() == 0:
             break
-        noise = torch.rand(x[rows].shape, generator=gen, device=x.device)
+        noise = draws.subset(rows).rand(*x[rows].shape)
         adv = query_adversarial(state, noise, idx[rows])
         x[rows[adv]] = noise[adv]
         found[rows[adv]] = True

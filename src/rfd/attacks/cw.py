@@ -13,7 +13,7 @@ from rfd.attacks.base import AttackConfig, AttackState
 from rfd.attacks.whitebox import WhiteBoxAttack, cw_margin, eot_objective, objective, pgd_loop
 from rfd.blackbox.losses import margin_loss
 
-__all__ = ["CWConfig", "CarliniWagner", "to_tanh_space", "from_tanh_space", "adam_step"]
+__all__ = ["CWConfig", "CarliniWagner", "adam_step", "from_tanh_space", "to_tanh_space"]
 
 # c above this means "no upper bound found yet" in the binary search (as in Carlini's reference code)
 _NO_UPPER = 1e10
@@ -104,7 +104,7 @@ class CarliniWagner(WhiteBoxAttack):
         cfg: CWConfig = self.config  # type: ignore[assignment]
         if cfg.norm == "linf":
             step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / cfg.steps
-            pgd_loop(state, gen, objective("margin", cfg.kappa), steps=cfg.steps, step_size=step,
+            pgd_loop(state, objective("margin", cfg.kappa), steps=cfg.steps, step_size=step,
                      restarts=cfg.restarts, start_random=cfg.random_start)
         else:
             self._run_l2(state, cfg)

@@ -24,11 +24,15 @@ from rfd.attacks.boundary import (
     random_adversarial,
     ray_path,
 )
+from rfd.attacks.rng import RowDraws
 
 __all__ = ["HopSkipJump", "HopSkipJumpConfig"]
 
 # Upper bound on probe images held at once in a gradient estimate (elements), to bound memory.
 _PROBE_ELEMENTS = 2**22
+# Probe elements per sample in one draw of its stream: the draws' granularity, fixed (not a function of the batch)
+# so that a sample's probe directions do not depend on how many samples share an estimate.
+_DRAW_ELEMENTS = 2**16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +97,8 @@ class HopSkipJump(Attack):
         state.extras["radius"] = best
 
         idx = everyone[can_pay(state, everyone)]
-        x_start, found = random_adversarial(state, idx, gen, cfg.init_tries)
+        # every draw comes from the sample's own stream (state.rng): its path does not depend on the other samples
+        x_start, found = random_adversarial(state, idx, state.rng.rows(idx), cfg.init_tries)
         idx, x_start = idx[found], x_start[found]
         if idx.numel() == 0:
             return
@@ -113,7 +118,7 @@ class HopSkipJump(Attack):
             delta = torch.where(t == 0, torch.full_like(dist[idx], 0.1), cfg.gamma * dist[idx] / d)
             evals = torch.minimum((cfg.init_evals * torch.sqrt(t + 1)).floor().clamp(max=cfg.max_evals).long(),
                                   state.remaining(idx) // cfg.eot)
-            grad = self._estimate_normal(state, idx, x_b[idx], delta, evals, gen)
+            grad = self._estimate_normal(state, idx, x_b[idx], delta, evals, state.rng.rows(idx))
             update = grad if cfg.norm == "l2" else grad.sign()
 
             # geometric step-size search: halve until the step lands on the adversarial side
@@ -173,38 +178,50 @@ class HopSkipJump(Attack):
             state.report(cand, idx[won])
 
     def _estimate_normal(self, state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, delta: torch.Tensor,
-                         evals: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                         evals: torch.Tensor, draws: RowDraws) -> torch.Tensor:
         """Unit l_2 estimate (B, C, H, W) of the boundary normal at x_b pointing to the adversarial side.
 
         Sample i uses ``evals[i]`` probes ``x_b + delta_i u`` with u uniform on the sphere (l_2: Gaussian
         direction; l_inf: uniform cube direction, as the paper), clipped to [0, 1]; each probe's answer (+1
         adversarial, -1 not) weights its realised direction, minus the mean answer as a baseline unless all answers
-        agree. Probes are queried in chunks so memory stays bounded."""
+        agree.
+
+        The directions come from ``draws``, the per-sample streams of the rows idx, in draws of a fixed number of
+        probes per sample (a function of the image size only) and only while the sample has probes left: sample
+        i's probes depend on nothing but its own stream and ``evals[i]``, whichever samples share the estimate.
+        Probes are drawn and queried in blocks of samples so memory stays bounded."""
         b, shape = idx.numel(), x_b.shape[1:]
         d = x_b[0].numel()
+        ones = (1,) * len(shape)
+        k = max(1, _DRAW_ELEMENTS // d)  # probes per sample and draw
+        block = max(1, _PROBE_ELEMENTS // (k * d))  # samples drawn and probed at once
         m_max = int(evals.max()) if b > 0 else 0
-        chunk = max(1, _PROBE_ELEMENTS // max(1, b * d))
         s_weighted = torch.zeros_like(x_b)  # sum_j answer_j * u_j
         s_plain = torch.zeros_like(x_b)  # sum_j u_j
         s_answer = torch.zeros(b, device=x_b.device)
-        for j0 in range(0, m_max, chunk):
-            k = min(chunk, m_max - j0)
-            if self.config.norm == "l2":
-                u = torch.randn((b, k, *shape), generator=gen, device=x_b.device)
-            else:
-                u = torch.rand((b, k, *shape), generator=gen, device=x_b.device) * 2 - 1
-            u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(b, k, *([1] * len(shape)))
-            dl = delta.float().view(b, 1, *([1] * len(shape)))
-            probes = (x_b.unsqueeze(1) + dl * u).clamp(0.0, 1.0)
-            u = (probes - x_b.unsqueeze(1)) / dl  # the direction actually probed, after clipping
-            valid = torch.arange(j0, j0 + k, device=x_b.device).view(1, k) < evals.view(b, 1)  # (b, k)
-            rows, cols = torch.nonzero(valid, as_tuple=True)
-            if rows.numel() == 0:
-                break
-            answer = query_adversarial(state, probes[rows, cols], idx[rows]).float() * 2 - 1
-            s_answer.index_add_(0, rows, answer)
-            s_weighted.index_add_(0, rows, bcast(answer, u[rows, cols]) * u[rows, cols])
-            s_plain.index_add_(0, rows, u[rows, cols])
+        cols = torch.arange(k, device=x_b.device)
+        for j0 in range(0, m_max, k):
+            live = torch.nonzero(evals > j0).flatten()  # samples with probes j0, j0 + 1, ... left: only they draw
+            for r0 in range(0, live.numel(), block):
+                rows = live[r0:r0 + block]
+                r = rows.numel()
+                rd = draws.subset(rows)
+                if self.config.norm == "l2":
+                    u = rd.randn(r, k, *shape)
+                else:
+                    u = rd.rand(r, k, *shape) * 2 - 1
+                u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(r, k, *ones)
+                dl = delta[rows].float().view(r, 1, *ones)
+                xb = x_b[rows].unsqueeze(1)
+                probes = (xb + dl * u).clamp(0.0, 1.0)
+                u = (probes - xb) / dl  # the direction actually probed, after clipping
+                valid = (j0 + cols).view(1, k) < evals[rows].view(r, 1)  # (r, k)
+                vr, vc = torch.nonzero(valid, as_tuple=True)
+                at = rows[vr]
+                answer = query_adversarial(state, probes[vr, vc], idx[at]).float() * 2 - 1
+                s_answer.index_add_(0, at, answer)
+                s_weighted.index_add_(0, at, bcast(answer, u[vr, vc]) * u[vr, vc])
+                s_plain.index_add_(0, at, u[vr, vc])
         m = evals.clamp_min(1).float()
         mean = s_answer / m
         baseline = torch.where(mean.abs() == 1, torch.zeros_like(mean), mean)

@@ -12,7 +12,7 @@ from torch import Generator
 from rfd.attacks.base import AttackConfig, AttackState
 from rfd.attacks.whitebox import LOSSES, WhiteBoxAttack, objective, pgd_loop
 
-__all__ = ["PGDConfig", "PGD"]
+__all__ = ["PGD", "PGDConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,5 +67,5 @@ class PGD(WhiteBoxAttack):
 
     def _run(self, state: AttackState, gen: Generator) -> None:
         cfg: PGDConfig = self.config  # type: ignore[assignment]
-        pgd_loop(state, gen, objective(cfg.loss), steps=cfg.steps, step_size=cfg.alpha, restarts=cfg.restarts,
+        pgd_loop(state, objective(cfg.loss), steps=cfg.steps, step_size=cfg.alpha, restarts=cfg.restarts,
                  start_random=cfg.random_start, early_stop=cfg.early_stop)

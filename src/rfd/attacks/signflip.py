@@ -93,7 +93,8 @@ class SignFlip(Attack):
 
         # -- initialisation: adversarial noise, then the l_inf binary search towards x0 --------------------------
         idx = everyone[can_pay(state, everyone)]
-        x_start, found = random_adversarial(state, idx, gen, cfg.init_tries)
+        # every draw comes from the sample's own stream (state.rng): its path does not depend on the other samples
+        x_start, found = random_adversarial(state, idx, state.rng.rows(idx), cfg.init_tries)
         idx, x_start = idx[found], x_start[found]
         if idx.numel() == 0:
             return
@@ -120,7 +121,7 @@ class SignFlip(Attack):
                 return
             # -- project: random sign step, then into a ball alpha smaller than the current distance --------------
             r_new = (radius[idx] - alpha[idx]).clamp_min(0.0)
-            step = torch.where(torch.rand(x0[idx].shape, generator=gen, device=dev) < 0.5, -1.0, 1.0)
+            step = state.rng.rows(idx).signs(*x0[idx].shape)
             d = delta[idx] + step * bcast(alpha[idx], step)
             r = bcast(r_new, d)
             cand = torch.max(torch.min(d, r), -r)
@@ -131,7 +132,7 @@ class SignFlip(Attack):
             # -- flip: random sign flips of the perturbation -----------------------------------------------------
             jdx = idx[can_pay(state, idx)]
             if jdx.numel() > 0:
-                s = torch.where(torch.rand(x0[jdx].shape, generator=gen, device=dev) < keep_prob[jdx], 1.0, -1.0)
+                s = torch.where(state.rng.rows(jdx).rand(*x0[jdx].shape) < keep_prob[jdx], 1.0, -1.0)
                 cand = delta[jdx] * s
                 # With few pixels a draw often flips nothing; the original queries the unchanged image anyway (and
                 # accepts it). We count such a draw as accepted without paying for the query.

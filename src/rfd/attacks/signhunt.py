@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
+from rfd.attacks.square import resampled_margin
 
 __all__ = ["SignHunt", "SignHuntConfig", "chunk_bounds"]
 
@@ -34,11 +35,16 @@ class SignHuntConfig(AttackConfig):
 
     # Finite-difference probe length delta in the attack's norm, pixel units; None = eps (the paper).
     probe: float | None = None
+    # Extra margin evaluations (each ``eot`` queries) of a probe that looks at least as good as the incumbent,
+    # before its flip is kept on the mean of all its evaluations; 0 = keep on the single evaluation (the paper).
+    resample: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.probe is not None and not self.probe > 0:
             raise ValueError(f"probe must be positive, got {self.probe}")
+        if isinstance(self.resample, bool) or not isinstance(self.resample, int) or self.resample < 0:
+            raise ValueError(f"resample must be an integer >= 0 (extra evaluations), got {self.resample!r}")
 
     @property
     def probe_length(self) -> float:
@@ -57,6 +63,19 @@ class SignHunt(Attack):
 
     Each probe costs ``eot`` queries per active image; all active images flip the same chunk at the same step
     (the schedule does not depend on the image), each with its own sign vector, best margin and base point.
+
+    ``resample = M > 0`` guards the greedy rule against a randomized model, where one lucky low evaluation would
+    otherwise become a best margin that no later probe beats: a probe whose first margin is at least as good as
+    the incumbent's estimate pays M more margin evaluations (``M * eot`` queries) and its flip is kept only if
+    the mean of all its ``1 + M`` evaluations is still at least as good, the incumbent's estimate becoming that
+    mean; the all-ones probe that starts each round (always taken) is estimated by the mean of ``1 + M``
+    evaluations too. This is the explicit-averaging (resampling) remedy of noisy optimization (Jin & Branke,
+    "Evolutionary optimization in uncertain environments - a survey", IEEE TEC 2005), not part of Al-Dujaili &
+    O'Reilly; the same rule as :class:`~rfd.attacks.square.SquareAttack`'s ``resample``. Cost: ``eot`` per
+    probe plus ``M * eot`` per probe that looks as good. An image whose remaining budget cannot pay the M extra
+    evaluations does not keep the flip (it is not re-evaluated; its single evaluation can still be claimed). A
+    probe is claimed (offered to the majority vote) when the mean of the evaluations it got is negative.
+    ``resample = 0`` (default) is the paper's rule, bit for bit.
 
     Example:
         >>> res = SignHunt(norm="linf", eps=0.05, budget=1000).run(LocalBlackBox(model, budget=1000), x, y)
@@ -91,6 +110,8 @@ class SignHunt(Attack):
             if fresh:  # a round starts with the all-ones sign vector
                 cand = probe(x_o[idx], sign[idx], idx)
                 m = state.margin(cand, idx)
+                if cfg.resample:  # always taken; its estimate is the mean of 1 + resample evaluations
+                    m, _ = resampled_margin(state, cand, idx, m, cfg.resample)
                 x_cur[idx], best[idx] = cand, m
                 state.report(cand, idx, m < 0)
                 fresh = False
@@ -105,6 +126,12 @@ class SignHunt(Attack):
             if q.numel():
                 m = state.margin(cand[q], idx[q])
                 better = m <= best[idx[q]]
+                if cfg.resample and bool(better.any()):  # pay the re-evaluations of the probes that look as good
+                    c = torch.nonzero(better).flatten()
+                    qc = idx[q][c]
+                    mean, done = resampled_margin(state, cand[q][c], qc, m[c], cfg.resample)
+                    m[c] = mean  # each probe's estimate: the mean of the evaluations it got (claims use it too)
+                    better[c] = done & (mean <= best[qc])
                 keep[q] = better
                 best[idx[q]] = torch.where(better, m, best[idx[q]])
                 state.report(cand[q], idx[q], m < 0)

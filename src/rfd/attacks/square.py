@@ -10,6 +10,11 @@ with three deliberate differences, all in the attack's favour or neutral:
   reference does this for l_inf only), so no query is spent on a repeat;
 * window positions range over every valid offset ``0 .. H - s``; the reference draws from ``0 .. H - s - 1``
   and so never moves a window onto the last row or column.
+
+Every draw of an image (start, windows, signs, orientations, redraws) comes from that image's own random stream
+(``state.rng``, see :mod:`rfd.attacks.rng`), so with ``resample = 0`` an image's search does not depend on
+which other images are in the batch or still active. (With ``resample > 0`` the p schedule follows the mean
+queries spent by the active images, so the window sizes, not the draws, depend on the batch.)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
+from rfd.attacks.rng import RowDraws
 
 __all__ = [
     "SquareAttack",
@@ -30,6 +36,7 @@ __all__ = [
     "linf_window_size",
     "meta_pattern",
     "p_schedule",
+    "resampled_margin",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ _UNCHANGED_TOL = 1e-7
 _MAX_REDRAWS = 100
 # Sign draws made at once per l_inf proposal; the first that changes the image is used.
 _SIGN_DRAWS = 16
+# Upper bound on the elements of one batch of re-evaluations (bounds memory for large images and resample counts).
+_MAX_RESAMPLE_ELEMENTS = 2**25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,11 +60,16 @@ class SquareConfig(AttackConfig):
 
     # Initial fraction of pixels changed per step (the paper: 0.05 for l_inf, 0.1 for l_2); None = that default.
     p_init: float | None = None
+    # Extra margin evaluations (each ``eot`` queries) of a proposal that looks better than the incumbent, before
+    # it is accepted on the mean of all its evaluations; 0 = accept on the single evaluation (the paper).
+    resample: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.p_init is not None and not (0.0 < self.p_init <= 1.0):
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
+        if isinstance(self.resample, bool) or not isinstance(self.resample, int) or self.resample < 0:
+            raise ValueError(f"resample must be an integer >= 0 (extra evaluations), got {self.resample!r}")
 
     @property
     def initial_p(self) -> float:
@@ -112,15 +126,16 @@ def meta_pattern(s: int) -> torch.Tensor:
     return (d / d.norm()).float()
 
 
-def _oriented_patterns(s: int, n: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    """(n, s, s) meta patterns, each transposed with probability 1/2 (drawn per row)."""
-    pat = meta_pattern(s).to(device)
-    flip = torch.rand(n, device=device, generator=gen) < 0.5
-    return torch.where(flip[:, None, None], pat.t()[None], pat[None])
+def _oriented_patterns(s: int, k: int, rows: RowDraws) -> torch.Tensor:
+    """(B, k, s, s) meta patterns, k per row of ``rows``, each transposed with probability 1/2 (one draw)."""
+    flip = rows.rand(rows.idx.shape[0], k) < 0.5
+    pat = meta_pattern(s).to(flip.device)
+    return torch.where(flip[:, :, None, None], pat.t()[None, None], pat[None, None])
 
 
-def _random_signs(shape: tuple[int, ...], device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, device=device, generator=gen).float().mul_(2).sub_(1)
+def _random_signs(rows: RowDraws, *shape: int) -> torch.Tensor:
+    """+-1 float32 of ``shape`` = (B, ...), independent signs with probability 1/2 (one draw of each row)."""
+    return rows.signs(*shape)
 
 
 def _window_masks(ph: torch.Tensor, pw: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
@@ -141,9 +156,11 @@ def _window_index(ph: torch.Tensor, pw: torch.Tensor, s: int) -> tuple[torch.Ten
     return batch, rows, cols
 
 
-def _positions(n: int, s: int, h: int, w: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    ph = torch.randint(0, h - s + 1, (n,), device=device, generator=gen)
-    pw = torch.randint(0, w - s + 1, (n,), device=device, generator=gen)
+def _positions(rows: RowDraws, s: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left corners (ph, pw), int64 (B,) each, of one s x s window per row, uniform over every valid offset."""
+    n = rows.idx.shape[0]
+    ph = rows.randint(0, h - s + 1, n)
+    pw = rows.randint(0, w - s + 1, n)
     return ph, pw
 
 
@@ -151,14 +168,43 @@ def _unchanged(x_new: torch.Tensor, x_cur: torch.Tensor) -> torch.Tensor:
     return (x_new - x_cur).abs().flatten(1).amax(1) < _UNCHANGED_TOL
 
 
+def resampled_margin(state: AttackState, x: torch.Tensor, idx: torch.Tensor, m: torch.Tensor,
+                     extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-evaluate candidates before trusting them: ``extra`` more margin evaluations of each row of x.
+
+    Args:
+        x: candidates (B, C, H, W) for samples idx (B,), already evaluated once with margins m (B,).
+        extra: evaluations to add per row, each ``eot`` queries (charged through ``state``).
+    Returns:
+        (mean, done): mean (B,) of all ``1 + extra`` evaluations of each row (m itself where not done) and bool
+        (B,) done, the rows that could afford ``extra * eot`` more queries (the others are not queried)."""
+    if extra < 1:
+        raise ValueError(f"extra must be >= 1 evaluation, got {extra}")
+    done = state.remaining(idx) >= extra * state.config.eot
+    mean = m.clone()
+    q = torch.nonzero(done).flatten()
+    if q.numel() == 0:
+        return mean, done
+    xq, iq = x[q], idx[q]
+    total = m[q].clone()
+    chunk = max(1, _MAX_RESAMPLE_ELEMENTS // max(xq.numel(), 1))
+    for j in range(0, extra, chunk):  # one batched query per chunk of repeats (usually a single chunk)
+        k = min(chunk, extra - j)
+        total += state.margin(xq.repeat(k, 1, 1, 1), iq.repeat(k)).view(k, -1).sum(0)
+    mean[q] = total / (extra + 1)
+    return mean, done
+
+
 # -- l_inf ----------------------------------------------------------------------------------------------------
-def linf_init(x0: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """Vertical-stripes start: every column of every channel moved by +eps or -eps, clipped to [0, 1]."""
+def linf_init(x0: torch.Tensor, eps: float, rows: RowDraws) -> torch.Tensor:
+    """Vertical-stripes start: every column of every channel moved by +eps or -eps, clipped to [0, 1].
+
+    ``rows``: the draws of the B images of x0 (e.g. ``state.rng.rows(idx)``)."""
     n, c, _, w = x0.shape
-    return (x0 + eps * _random_signs((n, c, 1, w), x0.device, gen)).clamp(0.0, 1.0)
+    return (x0 + eps * _random_signs(rows, n, c, 1, w)).clamp(0.0, 1.0)
 
 
-def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen: torch.Generator) -> torch.Tensor:
+def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, rows: RowDraws) -> torch.Tensor:
     """One l_inf Square step for a batch: per image a random s x s window set to x0 +- eps (one sign per channel).
 
     A sign draw that would leave an image unchanged is redrawn (same window) until it changes the image. All
@@ -169,10 +215,11 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
 
     Args:
         x0, x_best: clean and current images (B, C, H, W), x_best inside the ball.
+        rows: the draws of the B images (each image's window and signs come from its own stream).
     Returns:
         proposals (B, C, H, W) inside the eps-ball and [0, 1]."""
     b, c, h, w = x0.shape
-    ph, pw = _positions(b, s, h, w, x0.device, gen)
+    ph, pw = _positions(rows, s, h, w)
     win = _window_index(ph, pw, s)
     x0_win = x0.permute(0, 2, 3, 1)[win]  # (B, s, s, C)
     best_win = x_best.permute(0, 2, 3, 1)[win]
@@ -180,7 +227,7 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
     # (B, C): the window of this channel would stay as it is with sign +1 / -1
     same_up = ((up - best_win).abs_() < _UNCHANGED_TOL).flatten(1, 2).all(1)
     same_down = ((down - best_win).abs_() < _UNCHANGED_TOL).flatten(1, 2).all(1)
-    signs = torch.randint(0, 2, (_SIGN_DRAWS, b, c), device=x0.device, generator=gen).bool()  # True = +eps
+    signs = (rows.rand(b, _SIGN_DRAWS, c) < 0.5).transpose(0, 1)  # (draws, B, C), True = +eps
     unchanged = torch.where(signs, same_up, same_down).all(2)  # (draws, B)
     first = (~unchanged).float().argmax(0)  # first draw that changes the image (0 if none does)
     chosen = signs.gather(0, first.view(1, b, 1).expand(1, b, c))[0]  # (B, C)
@@ -190,7 +237,7 @@ def linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, ge
             todo = torch.nonzero(stuck).flatten()
             if todo.numel() == 0:
                 break
-            sg = torch.randint(0, 2, (todo.numel(), c), device=x0.device, generator=gen).bool()
+            sg = rows.subset(todo).rand(todo.numel(), c) < 0.5
             chosen[todo] = sg
             stuck[todo] = torch.where(sg, same_up[todo], same_down[todo]).all(1)
         if bool(stuck.any()):
@@ -207,14 +254,16 @@ def _rescale_l2(x0: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tens
     return (x0 + delta * (eps / n).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
 
 
-def l2_init(x0: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+def l2_init(x0: torch.Tensor, eps: float, rows: RowDraws) -> torch.Tensor:
     """The reference's l_2 start: a centred grid of (up to) 5 x 5 squares of side H // 5, each holding a meta
-    pattern with a random sign per channel; the sum rescaled to l_2 norm eps and clipped to [0, 1]."""
+    pattern with a random sign per channel; the sum rescaled to l_2 norm eps and clipped to [0, 1].
+
+    ``rows``: the draws of the B images of x0 (e.g. ``state.rng.rows(idx)``)."""
     n, c, h, w = x0.shape
     s = max(min(h, w) // 5, 1)
     nh, nw = min(5, h // s), min(5, w // s)
-    pats = _oriented_patterns(s, n * nh * nw, x0.device, gen).view(n, 1, nh, nw, s, s)
-    signs = _random_signs((n, c, nh, nw, 1, 1), x0.device, gen)
+    pats = _oriented_patterns(s, nh * nw, rows).view(n, 1, nh, nw, s, s)
+    signs = _random_signs(rows, n, c, nh, nw, 1, 1)
     tiles = (pats * signs).permute(0, 1, 2, 4, 3, 5).reshape(n, c, nh * s, nw * s)
     delta = torch.zeros_like(x0)
     oh, ow = (h - nh * s) // 2, (w - nw * s) // 2
@@ -222,12 +271,12 @@ def l2_init(x0: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
     return _rescale_l2(x0, delta, eps)
 
 
-def _l2_step(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen: torch.Generator) -> torch.Tensor:
-    """Unconditioned l_2 proposals, one per image (see :func:`l2_proposal`)."""
+def _l2_step(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, rows: RowDraws) -> torch.Tensor:
+    """Unconditioned l_2 proposals, one per image (see :func:`l2_proposal`); ``rows``: the B images' draws."""
     b, c, h, w = x0.shape
     delta = x_best - x0
-    ph1, pw1 = _positions(b, s, h, w, x0.device, gen)
-    ph2, pw2 = _positions(b, s, h, w, x0.device, gen)
+    ph1, pw1 = _positions(rows, s, h, w)
+    ph2, pw2 = _positions(rows, s, h, w)
     m1 = _window_masks(ph1, pw1, s, h, w)
     m12 = m1 | _window_masks(ph2, pw2, s, h, w)
     # Energy available: what is left of the eps budget (split over channels) plus what sits in both windows now.
@@ -237,7 +286,7 @@ def _l2_step(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen: to
     bi, ri, ci = _window_index(ph1, pw1, s)
     dv = delta.permute(0, 2, 3, 1)  # (B, H, W, C) view: windows are advanced-indexed per image
     old = dv[bi, ri, ci].permute(0, 3, 1, 2)  # (B, C, s, s)
-    new = _oriented_patterns(s, b, x0.device, gen)[:, None] * _random_signs((b, c, 1, 1), x0.device, gen)
+    new = _oriented_patterns(s, 1, rows) * _random_signs(rows, b, c, 1, 1)
     new = new + old / (1e-10 + norm_w1)
     target = ((eps**2 - norm_img**2).clamp_min(0.0) / c + norm_w12**2).sqrt()
     new = new / new.flatten(2).norm(dim=2).clamp_min(1e-12).view(b, c, 1, 1) * target
@@ -247,7 +296,7 @@ def _l2_step(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen: to
     return _rescale_l2(x0, delta, eps)
 
 
-def l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen: torch.Generator) -> torch.Tensor:
+def l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, rows: RowDraws) -> torch.Tensor:
     """One l_2 Square step for a batch (the reference's "meta" window pair, per image).
 
     Window 1 gets a fresh meta pattern (random orientation, sign per channel) added to its normalised old
@@ -257,14 +306,15 @@ def l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, gen:
 
     Args:
         x0, x_best: clean and current images (B, C, H, W).
+        rows: the draws of the B images (a redraw draws from the redrawn images' streams only).
     Returns:
         proposals (B, C, H, W) inside the l_2 eps-ball and [0, 1]."""
-    x_new = _l2_step(x0, x_best, eps, s, gen)
+    x_new = _l2_step(x0, x_best, eps, s, rows)
     todo = torch.nonzero(_unchanged(x_new, x_best)).flatten()
     for _ in range(_MAX_REDRAWS):
         if todo.numel() == 0:
             break
-        x_new[todo] = _l2_step(x0[todo], x_best[todo], eps, s, gen)
+        x_new[todo] = _l2_step(x0[todo], x_best[todo], eps, s, rows.subset(todo))
         todo = todo[_unchanged(x_new[todo], x_best[todo])]
     if todo.numel():
         log.warning("square l2: %d proposals still unchanged after %d redraws", todo.numel(), _MAX_REDRAWS)
@@ -278,6 +328,21 @@ class SquareAttack(Attack):
     forwards); the run has ``budget // eot`` iterations including the initialisation, over which the p
     schedule is spread. A query whose margin is negative is offered to the (uncounted) majority-vote check;
     if the check fails the search simply goes on.
+
+    Against a randomized model a single evaluation is a noisy draw: accepting a proposal on one draw that beats
+    the incumbent keeps lucky low draws as incumbents, which later proposals (evaluated once each) can hardly
+    ever beat, and the search stalls. ``resample = M > 0`` re-evaluates before trusting: a proposal whose first
+    margin beats the incumbent's estimate pays M more margin evaluations (``M * eot`` queries) and is accepted
+    only if the mean of all its ``1 + M`` evaluations still beats the incumbent's estimate, which then becomes
+    that mean (the initial point is always taken, its estimate the mean of ``1 + M`` evaluations). This is the
+    explicit-averaging (resampling) remedy of noisy optimization (Jin & Branke, "Evolutionary optimization in
+    uncertain environments - a survey", IEEE TEC 2005, sec. II), not part of Andriushchenko et al. Cost:
+    ``eot`` per proposal plus ``M * eot`` per proposal that looks better. A row whose remaining budget cannot
+    pay the M extra evaluations does not accept the proposal (it is not re-evaluated; its single evaluation can
+    still be claimed). A candidate is claimed (offered to the majority vote) when the mean of the evaluations it
+    got is negative. The p schedule then follows the queries spent (the active images' mean, in iterations of
+    ``eot`` queries) instead of the iteration count, so it still spans the budget. ``resample = 0`` (default)
+    is the paper's rule, bit for bit.
 
     Example:
         >>> bb = LocalBlackBox(model, budget=1000)
@@ -302,24 +367,38 @@ class SquareAttack(Attack):
         idx = state.active_idx(cost)
         if idx.numel() == 0:
             return
+        resample = cfg.resample
         x0 = state.x0[idx]
-        x_init = linf_init(x0, eps, gen) if norm == "linf" else l2_init(x0, eps, gen)
+        rows = state.rng.rows(idx)  # every draw from the images' own streams (``gen`` is not used)
+        x_init = linf_init(x0, eps, rows) if norm == "linf" else l2_init(x0, eps, rows)
         m = state.margin(x_init, idx)
+        if resample:  # the start is always taken; its estimate is the mean of 1 + resample evaluations
+            m, _ = resampled_margin(state, x_init, idx, m, resample)
         x_best[idx], best[idx] = x_init, m
         state.report(x_init, idx, m < 0)
 
+        # Every iteration costs an active image at least ``cost``: at most n_iters - 1 follow the start.
         for it in range(n_iters - 1):
             idx = state.active_idx(cost)
             if idx.numel() == 0:
                 break
-            p = p_schedule(cfg.initial_p, it, n_iters)
-            x0, xb = state.x0[idx], x_best[idx]
-            if norm == "linf":
-                x_new = linf_proposal(x0, xb, eps, linf_window_size(p, c, h, w), gen)
+            if resample:  # progress in queries: the mean spent by the active images, in evaluations, minus the start
+                spent = int((cfg.budget - state.remaining(idx)).sum())
+                p = p_schedule(cfg.initial_p, max(spent // (idx.numel() * cost) - 1, 0), n_iters)
             else:
-                x_new = l2_proposal(x0, xb, eps, l2_window_size(p, c, h, w), gen)
+                p = p_schedule(cfg.initial_p, it, n_iters)
+            x0, xb, rows = state.x0[idx], x_best[idx], state.rng.rows(idx)
+            if norm == "linf":
+                x_new = linf_proposal(x0, xb, eps, linf_window_size(p, c, h, w), rows)
+            else:
+                x_new = l2_proposal(x0, xb, eps, l2_window_size(p, c, h, w), rows)
             m = state.margin(x_new, idx)
             better = m < best[idx]
+            if resample and bool(better.any()):  # pay the re-evaluations of the rows that look better
+                cand = torch.nonzero(better).flatten()
+                mean, done = resampled_margin(state, x_new[cand], idx[cand], m[cand], resample)
+                m[cand] = mean  # each row's estimate: the mean of the evaluations it got (claims use it too)
+                better[cand] = done & (mean < best[idx[cand]])
             if bool(better.any()):  # only improved rows move: no full-size where/scatter of the whole batch
                 x_best[idx[better]] = x_new[better]
                 best[idx[better]] = m[better]

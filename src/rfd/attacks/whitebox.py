@@ -19,13 +19,21 @@ import torch.nn.functional as F
 from rfd.attacks.base import Attack, AttackState
 from rfd.attacks.projections import l2_normalize
 from rfd.attacks.result import AttackResult
+from rfd.attacks.rng import RowDraws
 from rfd.blackbox.base import BlackBox
 from rfd.blackbox.local import LocalBlackBox
 from rfd.blackbox.losses import margin_loss
 
 __all__ = [
-    "WhiteBoxAttack", "Objective", "LOSSES", "cw_margin", "objective", "random_start", "ascent_step",
-    "eot_objective", "pgd_loop",
+    "LOSSES",
+    "Objective",
+    "WhiteBoxAttack",
+    "ascent_step",
+    "cw_margin",
+    "eot_objective",
+    "objective",
+    "pgd_loop",
+    "random_start",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,15 +60,16 @@ def objective(loss: str, kappa: float = math.inf) -> Objective:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def random_start(x0: torch.Tensor, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """A random point of the eps-ball around x0 (B, C, H, W), clipped to [0, 1].
+def random_start(x0: torch.Tensor, norm: str, eps: float, draws: RowDraws) -> torch.Tensor:
+    """A random point of the eps-ball around x0 (B, C, H, W), clipped to [0, 1], drawn from ``draws`` (the
+    per-sample streams of these B rows, e.g. ``state.rng.rows(idx)``: each row's start is its own stream's).
 
     l_inf: uniform in the box. l_2: uniform direction, radius uniform in [0, eps] (as torchattacks does)."""
     if norm == "linf":
-        delta = (torch.rand(x0.shape, generator=gen, device=x0.device) * 2 - 1) * eps
+        delta = (draws.rand(*x0.shape) * 2 - 1) * eps
     elif norm == "l2":
-        direction = l2_normalize(torch.randn(x0.shape, generator=gen, device=x0.device))
-        radius = torch.rand(x0.shape[0], generator=gen, device=x0.device) * eps
+        direction = l2_normalize(draws.randn(*x0.shape))
+        radius = draws.rand(x0.shape[0]) * eps
         delta = direction * radius.view(-1, *([1] * (x0.dim() - 1)))
     else:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -90,14 +99,15 @@ def eot_objective(state: AttackState, x: torch.Tensor, idx: torch.Tensor, obj: O
     return value, z.mean(0), z
 
 
-def pgd_loop(state: AttackState, gen: torch.Generator, obj: Objective, *, steps: int, step_size: float,
-             restarts: int = 1, start_random: bool = True, early_stop: bool = True) -> None:
+def pgd_loop(state: AttackState, obj: Objective, *, steps: int, step_size: float, restarts: int = 1,
+             start_random: bool = True, early_stop: bool = True) -> None:
     """Projected gradient ascent on ``obj`` for all active samples together (Madry et al. 2018).
 
     Each step costs ``eot`` queries per sample. With ``early_stop`` a sample whose current iterate is
     misclassified by the mean logits of its own (charged) forward is offered to ``state.report``; the final
     iterate of each restart is offered too (it was never forwarded). Verified samples stop; the others keep
-    their last iterate. A restart begins from a fresh random point for the samples still unbroken."""
+    their last iterate. A restart begins from a fresh random point for the samples still unbroken, drawn from
+    each sample's own stream (``state.rng``), so a sample's starts do not depend on the other samples."""
     cfg = state.config
     cost = cfg.eot
     for restart in range(restarts):
@@ -105,7 +115,7 @@ def pgd_loop(state: AttackState, gen: torch.Generator, obj: Objective, *, steps:
         if idx.numel() == 0:
             break
         x0 = state.x0[idx]
-        x = random_start(x0, cfg.norm, cfg.eps, gen) if start_random else x0.clone()
+        x = random_start(x0, cfg.norm, cfg.eps, state.rng.rows(idx)) if start_random else x0.clone()
         for _ in range(steps):
             keep = torch.isin(idx, state.active_idx(cost))  # drops samples broken or out of budget
             if not bool(keep.all()):

@@ -1,7 +1,8 @@
 """The black box: the only door between an attack and a model.
 
-It counts queries per sample, enforces per-sample budgets, and decides success by majority vote
-(uncounted, as in the paper's evaluation, Appendix D.4)."""
+It counts queries per sample, enforces per-sample budgets, and decides success by majority vote: uncounted, as
+in the paper's evaluation (Appendix D.4), or ``charged`` to the attacker's budget, as a real API attacker pays.
+Votes stop as soon as the majority is decided, and every check is accounted per sample."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ import torch
 
 from rfd.blackbox.threat import ThreatModel
 
-__all__ = ["BlackBox", "BudgetExceeded", "Access"]
+__all__ = ["Access", "BlackBox", "BudgetExceeded", "CheckMode", "votes_needed"]
 
 Access = Literal["scores", "labels"]
+CheckMode = Literal["free", "charged"]
+
+
+def votes_needed(k: int) -> int:
+    """Wrong votes out of ``k`` that make a majority (more than half): ``k // 2 + 1``."""
+    return k // 2 + 1
 
 
 class BudgetExceeded(RuntimeError):
@@ -30,24 +37,42 @@ class BlackBox(ABC):
     Args:
         access: ``"scores"`` (logits or probabilities) or ``"labels"`` (hard labels only).
         budget: per-sample query budget, or None for unlimited.
-        verify: forwards per success check; majority decides (paper: 9; 1 = the "lucky" mode of Table 15).
+        verify: forwards per success check; majority decides (paper: 9; 1 = the "lucky" mode of Table 15; a
+            large k such as 100 is the "strict check": the same test as the strict re-reading, used as stop rule).
+        check: ``"free"`` (the paper: checks are not charged) or ``"charged"`` (each vote of a check costs one
+            query of the sample's budget; a check the budget cannot finish fails).
+        reevaluate: R, fresh forwards with which an attack's final images are classified again after the run
+            (uncounted; the ``strict`` and ``expected`` readings of robust accuracy rest on them).
+
+    Per sample it keeps: queries charged, success checks made and the forwards those checks used.
 
     Call :meth:`start` with the number of samples before an attack; sample ``i`` is row ``i`` of the attack's
     batch and ``idx`` arguments are int64 (B,) tensors of such row numbers.
     """
 
-    def __init__(self, *, access: Access = "scores", budget: int | None = None, verify: int = 9) -> None:
+    def __init__(self, *, access: Access = "scores", budget: int | None = None, verify: int = 9,
+                 check: CheckMode = "free", reevaluate: int = 100) -> None:
         if access not in ("scores", "labels"):
             raise ValueError(f"access must be 'scores' or 'labels', got {access!r}")
         if budget is not None and budget < 1:
             raise ValueError(f"budget must be >= 1 or None, got {budget}")
         if verify < 1:
             raise ValueError(f"verify must be >= 1 forwards, got {verify}")
+        if check not in ("free", "charged"):
+            raise ValueError(f"check must be 'free' (uncounted, the paper) or 'charged' (paid from the budget), "
+                             f"got {check!r}")
+        if reevaluate < 1:
+            raise ValueError(f"reevaluate must be >= 1 forwards, got {reevaluate}")
         self.access: Access = access
         self.budget = budget
         self.verify = verify
+        self.check: CheckMode = check
+        self.reevaluate = reevaluate
         self._queries = torch.zeros(0, dtype=torch.int64)
-        self.verification_forwards = 0  # forwards spent on success checks (not charged to the attacker)
+        self._checks = torch.zeros(0, dtype=torch.int64)
+        self._check_forwards = torch.zeros(0, dtype=torch.int64)
+        self.verification_forwards = 0  # uncounted forwards of success checks (clean check included)
+        self.reevaluation_forwards = 0  # uncounted forwards of the final re-evaluation
 
     # -- to implement -------------------------------------------------------------------------------
     @property
@@ -74,12 +99,25 @@ class BlackBox(ABC):
         if n < 1:
             raise ValueError(f"need at least one sample, got n={n}")
         self._queries = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self._checks = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self._check_forwards = torch.zeros(n, dtype=torch.int64, device=self.device)
         self.verification_forwards = 0
+        self.reevaluation_forwards = 0
 
     @property
     def queries(self) -> torch.Tensor:
         """int64 (n,): queries charged to each sample since :meth:`start` (a copy)."""
         return self._queries.clone()
+
+    @property
+    def checks(self) -> torch.Tensor:
+        """int64 (n,): success checks of each sample's claims since :meth:`start` (clean check excluded)."""
+        return self._checks.clone()
+
+    @property
+    def check_forwards(self) -> torch.Tensor:
+        """int64 (n,): forwards those checks used (charged as queries too in ``check="charged"`` mode)."""
+        return self._check_forwards.clone()
 
     def remaining(self, idx: torch.Tensor) -> torch.Tensor:
         """int64 (B,): queries left for samples ``idx`` (a large number when unlimited)."""
@@ -131,24 +169,100 @@ class BlackBox(ABC):
         votes = torch.stack([self._forward_labels(x) for _ in range(repeats)], 1)
         return torch.mode(votes, 1).values
 
-    # -- success check (not charged) ----------------------------------------------------------------
+    # -- success check -----------------------------------------------------------------------------------
+    def _uncounted_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward's labels (B,) for a check or re-evaluation that no attacker pays for (remote: the
+        evaluator's key)."""
+        return self._forward_labels(x)
+
     def misclassified_votes(self, x: torch.Tensor, y: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """int64 (B,): how many of ``k`` (default ``verify``) forwards do not predict ``y``. Not charged."""
         k = self.verify if k is None else k
         wrong = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for _ in range(k):
-            wrong += (self._forward_labels(x) != y).long()
+            wrong += (self._uncounted_labels(x) != y).long()
         self.verification_forwards += k * x.shape[0]
         return wrong
 
+    def reevaluate_wrong(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """float64 (B,): the fraction of ``reevaluate`` fresh forwards that misclassify ``x`` (uncounted,
+        all R forwards: this is a rate, not a vote). Batched over images and repeats."""
+        r = self.reevaluate
+        wrong = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        if x.shape[0] == 0:
+            return wrong.double()
+        # Several repeats per forward when the batch is small: fewer, larger forwards, same count of draws.
+        per = max(1, min(r, 256 // max(1, x.shape[0])))
+        done = 0
+        while done < r:
+            m = min(per, r - done)
+            lab = self._uncounted_labels(x.repeat(m, *([1] * (x.dim() - 1))))
+            wrong += (lab.view(m, x.shape[0]) != y.unsqueeze(0)).long().sum(0)
+            done += m
+        self.reevaluation_forwards += r * x.shape[0]
+        return wrong.double() / r
+
+    def majority_wrong(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None, *,
+                       k: int | None = None) -> torch.Tensor:
+        """bool (B,): more than half of ``k`` (default ``verify``) forwards misclassify ``x``.
+
+        Voting stops per row as soon as the majority is decided (the decision equals that of all k votes of
+        the same sequence), and each round asks every undecided row for the fewest votes that could decide it,
+        in one batched forward. With ``idx`` (B,) the check is a claim of those samples: it is counted per
+        sample, and in ``check="charged"`` mode every vote costs the sample one query; a check that runs out
+        of budget before it is decided fails. Without ``idx`` (the clean-image check) it is never charged."""
+        k = self.verify if k is None else k
+        b = x.shape[0]
+        need = votes_needed(k)
+        wrong = torch.zeros(b, dtype=torch.int64, device=x.device)
+        right = torch.zeros_like(wrong)
+        charged = idx is not None and self.check == "charged"
+        if idx is not None:
+            if idx.dtype != torch.int64 or idx.shape != (b,):
+                raise ValueError(f"idx must be int64 of shape ({b},), got {idx.dtype} {tuple(idx.shape)}")
+            self._checks.index_add_(0, idx, torch.ones_like(idx))
+        open_ = torch.ones(b, dtype=torch.bool, device=x.device)
+        while True:
+            # fewest further votes that could decide each row: all wrong, or all right
+            todo = torch.minimum(need - wrong, (k - need + 1) - right)
+            if charged:
+                assert idx is not None
+                todo = torch.minimum(todo, (self.remaining(idx)).clamp(min=0))
+            rows = torch.nonzero(open_ & (todo > 0)).flatten()
+            if rows.numel() == 0:
+                break
+            reps = todo[rows]
+            src = rows.repeat_interleave(reps)
+            if charged:
+                assert idx is not None
+                self._charge(idx[src], x[src], 1)
+                lab = self._forward_labels(x[src])
+            else:
+                lab = self._uncounted_labels(x[src])
+                self.verification_forwards += int(src.numel())
+            miss = (lab != y[src]).long()
+            wrong.index_add_(0, src, miss)
+            right.index_add_(0, src, 1 - miss)
+            if idx is not None:
+                self._check_forwards.index_add_(0, idx[src], torch.ones_like(src))
+            open_ = (wrong < need) & (right < k - need + 1)
+        return wrong >= need
+
     def is_adversarial(
-        self, x: torch.Tensor, y: torch.Tensor, *, x0: torch.Tensor | None = None, threat: ThreatModel | None = None
+        self, x: torch.Tensor, y: torch.Tensor, *, x0: torch.Tensor | None = None, threat: ThreatModel | None = None,
+        idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """bool (B,): the majority of ``verify`` forwards misclassify ``x`` (not charged as queries), and, when
-        ``x0`` and ``threat`` are given, ``x`` lies in the eps-ball around ``x0`` and in [0, 1]."""
-        ok = self.misclassified_votes(x, y) * 2 > self.verify
+        """bool (B,): the majority of ``verify`` forwards misclassify ``x``, and, when ``x0`` and ``threat`` are
+        given, ``x`` lies in the eps-ball around ``x0`` and in [0, 1]. ``idx`` (B,) makes it a counted claim of
+        those samples (see :meth:`majority_wrong`); points outside the ball are refused before any vote."""
+        inside = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if threat is not None:
             if x0 is None:
                 raise ValueError("is_adversarial: threat given without the clean images x0")
-            ok = ok & threat.contains(x, x0)
+            inside = threat.contains(x, x0)
+        ok = torch.zeros_like(inside)
+        if bool(inside.all()):
+            return self.majority_wrong(x, y, idx)
+        if bool(inside.any()):
+            ok[inside] = self.majority_wrong(x[inside], y[inside], None if idx is None else idx[inside])
         return ok

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rfd.blackbox.base import Access, BlackBox
+from rfd.blackbox.base import Access, BlackBox, CheckMode
 
 __all__ = ["CPU_MAX_BATCH", "LocalBlackBox"]
 
@@ -24,7 +24,7 @@ class LocalBlackBox(BlackBox):
             CPU, 4096 on other devices. On CPU a small CNN forwards ~1.5x more images per second at 128-256 rows
             than at 3000 (activations stop fitting in cache; measured on the reference models), and NES asks for
             n x 60 rows at once. A randomized model draws its noise per chunk.
-        access, budget, verify: see :class:`BlackBox`.
+        access, budget, verify, check, reevaluate: see :class:`BlackBox`.
     """
 
     def __init__(
@@ -35,10 +35,12 @@ class LocalBlackBox(BlackBox):
         output: Literal["logits", "probs"] = "logits",
         budget: int | None = None,
         verify: int = 9,
+        check: CheckMode = "free",
+        reevaluate: int = 100,
         max_batch: int | None = None,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__(access=access, budget=budget, verify=verify)
+        super().__init__(access=access, budget=budget, verify=verify, check=check, reevaluate=reevaluate)
         if output not in ("logits", "probs"):
             raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
         self.model = model.eval()

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from rfd.blackbox.base import Access, BlackBox
+from rfd.blackbox.base import Access, BlackBox, CheckMode
 
 __all__ = ["RemoteBlackBox", "RemoteError", "encode_float32"]
 
@@ -56,7 +56,7 @@ class RemoteBlackBox(BlackBox):
         access: ``"scores"`` or ``"labels"``; scores need a server that answers scores or probabilities.
         output: ``"logits"`` or ``"probs"`` wanted from a scores server, or None for what the server gives
             (a logits server's answer is turned into probabilities here on request; the reverse is refused).
-        budget, verify: as in :class:`~rfd.blackbox.base.BlackBox`.
+        budget, verify, check, reevaluate: as in :class:`~rfd.blackbox.base.BlackBox`.
         timeout: seconds to wait for each HTTP answer.
         verify_api_key: optional second key for the uncounted success checks (see the module docstring).
         rate_limit_wait: on a 429 (rate limit) wait as the server asks and retry, for at most this many
@@ -76,6 +76,8 @@ class RemoteBlackBox(BlackBox):
         output: Literal["logits", "probs"] | None = None,
         budget: int | None = None,
         verify: int = 9,
+        check: CheckMode = "free",
+        reevaluate: int = 100,
         timeout: float = 30.0,
         verify_api_key: str | None = None,
         rate_limit_wait: float = 60.0,
@@ -84,7 +86,7 @@ class RemoteBlackBox(BlackBox):
     ) -> None:
         import httpx
 
-        super().__init__(access=access, budget=budget, verify=verify)
+        super().__init__(access=access, budget=budget, verify=verify, check=check, reevaluate=reevaluate)
         if output not in (None, "logits", "probs"):
             raise ValueError(f"output must be 'logits', 'probs' or None, got {output!r}")
         if not api_key:
@@ -225,11 +227,12 @@ class RemoteBlackBox(BlackBox):
     def _forward_labels(self, x: torch.Tensor) -> torch.Tensor:
         return self._predict(x)["labels"]
 
-    def misclassified_votes(self, x: torch.Tensor, y: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        # Success checks go to the verification key (the same key unless verify_api_key was given).
+    def _uncounted_labels(self, x: torch.Tensor) -> torch.Tensor:
+        # Uncounted checks and re-evaluations go to the verification key (the same key unless verify_api_key
+        # was given); charged checks go to the attacker's key like any query.
         self._verifying = True
         try:
-            return super().misclassified_votes(x, y, k)
+            return self._forward_labels(x)
         finally:
             self._verifying = False
 

@@ -29,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "attack", help="run one attack on N bundled eval images and report robust accuracy",
         description="Attack a (defended) model through a black box that counts every query, on a class-balanced "
         "seeded selection of N images of the bundled evaluation split. A sample counts as broken only when the "
-        "majority of --verify forwards (not charged) misclassify an image inside the eps-ball; robust accuracy "
-        "at every --checkpoints budget comes from one run.",
+        "majority of --verify forwards (not charged, unless --check charged) misclassify an image inside the "
+        "eps-ball. Each final image is then classified again with --reevaluate fresh forwards, and robust "
+        "accuracy is read three ways: paper (the check passed), strict (the final image is also misclassified in "
+        "more than half of the re-evaluation forwards) and expected (the chance the model is right on the final "
+        "image), each with a 95%% interval, at every --checkpoints budget from one run.",
     )
     add_model_args(p)
     add_defense_args(p)
@@ -53,7 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, required=True, help="number of images (class-balanced, at most 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image selection and the attack (default 0)")
     p.add_argument("--verify", type=int, default=9,
-                   help="forwards per success check, majority decides; not charged (default 9; 1 = lucky mode)")
+                   help="votes per success check, majority decides, voting stops once decided (default 9; 1 = "
+                   "lucky mode; 100 = the strict check, the strict reading's test as the stop rule)")
+    p.add_argument("--check", choices=["free", "charged"], default="free",
+                   help="success checks free (the paper, default) or charged: each vote costs the image one query")
+    p.add_argument("--reevaluate", type=int, default=100, metavar="R",
+                   help="fresh uncounted forwards that classify each final image again (strict and expected "
+                   "readings; default 100)")
     p.add_argument("--eot", type=int, default=1, help="forwards averaged per loss evaluation; each one is a query")
     p.add_argument("--attack-arg", action="append", default=None, metavar="KEY=VALUE",
                    help="an attack setting of its config, repeatable, e.g. --attack-arg p_init=0.1 (VALUE as JSON)")
@@ -111,13 +120,14 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
         if args.defense != "none":
             raise CLIError("--defense applies to a local model; with --remote the defense lives in the server")
         bb = RemoteBlackBox(args.remote, args.api_key, access=access, budget=budget,  # type: ignore[arg-type]
-                            verify=args.verify, verify_api_key=args.verify_api_key)
+                            verify=args.verify, verify_api_key=args.verify_api_key, check=args.check,
+                            reevaluate=args.reevaluate)
         if bb.info["model"] != args.model:
             log.warning("--model is %s but the server at %s serves %s", args.model, args.remote, bb.info["model"])
         return bb
     # White-box attacks ("gradients") query a local model for scores and gradients.
     return LocalBlackBox(model, access="labels" if access == "labels" else "scores", budget=budget,
-                         verify=args.verify)
+                         verify=args.verify, check=args.check, reevaluate=args.reevaluate)
 
 
 def _select_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from rfd.attacks import get_attack_class
     from rfd.blackbox import RemoteError
 
-    for flag in ("budget", "verify", "eot"):
+    for flag in ("budget", "verify", "eot", "reevaluate"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     checkpoints = _parse_checkpoints(args.checkpoints, args.budget)
@@ -172,8 +182,12 @@ def run(args: argparse.Namespace) -> int:
     summary = res.summary(checkpoints)
     payload = {
         "model": args.model, "data": data_name, "attack": args.attack, "norm": args.norm, "eps": eps,
-        "budget": args.budget, "seed": args.seed, "verify": args.verify, "eot": args.eot,
-        "clean_accuracy": summary["clean_accuracy"], "robust_accuracy": summary["robust_accuracy"],
+        "budget": args.budget, "seed": args.seed, "verify": args.verify, "check": args.check,
+        "reevaluate": args.reevaluate, "eot": args.eot,
+        "clean_accuracy": summary["clean_accuracy"], "expected_clean_accuracy": summary["expected_clean_accuracy"],
+        "robust_accuracy": summary["robust_accuracy"], "readings": summary["readings"], "lucky": summary["lucky"],
+        "checks": summary["checks"], "check_forwards": summary["check_forwards"],
+        "reevaluation_forwards": summary["reevaluation_forwards"],
         "success_rate": summary["success_rate"], "queries_mean": summary["queries_mean"],
         "queries_median": summary["queries_median"], "n": res.n, "sigma": info["sigma"],
         "elapsed_s": elapsed, "verification_forwards": res.verification_forwards, "attack_config": res.config,
@@ -184,12 +198,18 @@ def run(args: argparse.Namespace) -> int:
     if args.output_images:
         _save_images(Path(args.output_images), x, y, indices, res)
         payload["output_images"] = args.output_images
-    robust = ", ".join(f"{b}: {v:.3f}" for b, v in summary["robust_accuracy"].items())
     sigma = "" if info["sigma"] is None else f" sigma {info['sigma']:.4g}"
-    text = (f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['kind']}{sigma}, {res.n} images: "
-            f"clean accuracy {summary['clean_accuracy']:.3f}; robust accuracy {robust}; success rate "
-            f"{summary['success_rate']:.3f}; queries mean {summary['queries_mean']:.1f} median "
-            f"{summary['queries_median']:.1f} (successful images); {elapsed:.1f} s")
+    lines = [(f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['kind']}{sigma}, {res.n} images, "
+              f"check {args.verify} votes ({args.check}), re-evaluation {args.reevaluate} forwards:"),
+             (f"  clean accuracy {100 * summary['clean_accuracy']:.1f}% (majority vote), "
+              f"{100 * summary['expected_clean_accuracy']:.1f}% expected per forward")]
+    for b in summary["robust_accuracy"]:
+        cells = "; ".join(f"{r} {res.robust_estimate(b, r).percent()}" for r in ("paper", "strict", "expected"))
+        lines.append(f"  robust accuracy (%) at {b} queries: {cells}")
+    lines.append(f"  {int(res.success.sum())} broken by the check, {summary['lucky']} of them lucky (misclassified "
+                 f"in at most half of the re-evaluation forwards); queries median {summary['queries_median']:.1f}; "
+                 f"{summary['checks']} checks, {summary['check_forwards']} check forwards; {elapsed:.1f} s")
+    text = "\n".join(lines)
     emit(args, payload, text)
     return 0
 

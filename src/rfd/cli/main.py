@@ -22,6 +22,7 @@ COMMANDS = [
     "run",
     "merge",
     "report",
+    "check",
     "reproduce",
     "analyze",
     "serve",

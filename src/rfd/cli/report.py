@@ -1,4 +1,5 @@
-"""`rfd report results.sqlite --table TABLE --format md|csv|latex [--plot out.png] [--raw]`."""
+"""`rfd report results.sqlite --table TABLE --format md|csv|latex [--readings paper,strict] [--plot out.png]
+[--raw] [--compare A B]`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--digits", type=int, default=1, help="decimals (default 1)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="also write robust accuracy vs queries")
     p.add_argument("--raw", action="store_true", help="print the per-sample rows as CSV instead of a table")
+    p.add_argument("--readings", default="paper,strict", metavar="R1,R2",
+                   help="readings of robust accuracy shown side by side: paper, strict, expected (default "
+                   "paper,strict)")
+    p.add_argument("--compare", nargs=2, type=int, default=None, metavar=("A", "B"),
+                   help="paired comparison of runs A and B (run ids of --table runs): the difference of their robust "
+                   "accuracy on the same images with its 95%% interval and an exact McNemar p-value, under each of "
+                   "--readings, at --budget (default: the smaller run budget)")
     p.add_argument("--out", default=None, help="write the text to this file instead of stdout")
     add_common(p, device=False)
     p.set_defaults(func=run)
@@ -53,11 +61,19 @@ def run(args: argparse.Namespace) -> int:
     plot = None
     if args.plot:
         plot = str(plot_robust_curves(res, args.plot, budgets=args.budgets))
-    if args.raw:
+    readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    if args.compare:
+        from rfd.eval.compare import compare_runs
+
+        comps = [compare_runs(res, args.compare[0], args.compare[1], budget=args.budget, reading=r)
+                 for r in readings]
+        text = "".join(c.text() + "\n" for c in comps)
+        payload: dict[str, object] = {"comparisons": [c.to_dict() for c in comps]}
+    elif args.raw:
         text = raw_rows(res).to_csv(index=False)
-        payload: dict[str, object] = {"rows": len(res.samples), "plot": plot}
+        payload = {"rows": len(res.samples), "plot": plot}
     else:
-        table = build_table(res, args.table, budgets=args.budgets, budget=args.budget)
+        table = build_table(res, args.table, budgets=args.budgets, budget=args.budget, readings=readings)
         text = render(table, args.format, digits=args.digits)
         payload = {"table": table.kind, "title": table.title, "format": args.format, "text": text,
                    "notes": table.notes, "plot": plot}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from rfd.cli.common import CLIError, add_common, emit, resolve_device
@@ -88,11 +89,14 @@ def format_summary(s) -> str:  # type: ignore[no-untyped-def]
                      f"{d.get('drop')}: sigma {c['sigma']:.5g} (calib accuracy {c.get('accuracy', float('nan')):.4f}"
                      f", base {c.get('base_accuracy', float('nan')):.4f})")
     if s.per_cell:
-        lines.append(f"  {'cell':<70} {'n':>9} {'clean':>7} {'robust':>7}")
+        lines.append(f"  {'cell':<70} {'n':>9} {'clean':>7} {'paper':>7} {'strict':>7}")
         for c in s.per_cell:
             acc = "-" if c["clean_accuracy"] is None else f"{100 * c['clean_accuracy']:.1f}"
             rob = "-" if c["robust_accuracy"] is None else f"{100 * c['robust_accuracy']:.1f}"
-            lines.append(f"  {c['label'][:70]:<70} {c['n_done']:>4}/{c['n']:<4} {acc:>7} {rob:>7}")
-        lines.append("  (robust accuracy at each cell's full budget, percent; tables: rfd report DB --table ...)")
+            st = c.get("robust_accuracy_strict")
+            strict = "-" if st is None or math.isnan(st) else f"{100 * st:.1f}"
+            lines.append(f"  {c['label'][:70]:<70} {c['n_done']:>4}/{c['n']:<4} {acc:>7} {rob:>7} {strict:>7}")
+        lines.append("  (robust accuracy at each cell's full budget, percent, paper and strict readings; tables with "
+                     "intervals: rfd report DB --table ...; sanity flags: rfd check DB)")
     lines.append("complete" if s.complete else "INCOMPLETE: run the same command again to finish")
     return "\n".join(lines)

@@ -34,10 +34,11 @@ class Estimate:
 
     study: str
     cells: int
-    forwards: int  # attack queries + success checks + calibration
+    forwards: int  # attack queries + success checks + re-evaluation + calibration
     attack_queries: int
     verification_forwards: int
     calibration_forwards: int
+    reevaluation_forwards: int
     seconds: float
     throughput: dict[str, float]  # images per second per model (measured)
     per_model: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -101,9 +102,14 @@ def estimate_study(study: Study, *, device: str = "cpu", seconds_per_model: floa
     calibrated: set[tuple[Any, ...]] = set()
     for c in cells:
         m = c.model.display
-        d = per.setdefault(m, {"attack_queries": 0, "verification_forwards": 0, "calibration_forwards": 0})
-        d["attack_queries"] += c.n * c.attack.budget
-        d["verification_forwards"] += (1 + CLAIMS_PER_IMAGE) * c.n * c.attack.verify  # clean check + claims
+        d = per.setdefault(m, {"attack_queries": 0, "verification_forwards": 0, "calibration_forwards": 0,
+                               "reevaluation_forwards": 0})
+        d["attack_queries"] += c.n * c.attack.budget  # charged checks are part of the budget
+        if c.attack.check == "free":
+            d["verification_forwards"] += (1 + CLAIMS_PER_IMAGE) * c.n * c.attack.verify  # clean check + claims
+        else:
+            d["verification_forwards"] += c.n * c.attack.verify  # the clean check only
+        d["reevaluation_forwards"] += 2 * c.n * c.attack.reevaluate  # clean images + broken final images (bound)
         if c.defense.needs_calibration and (c.model, c.defense) not in calibrated:
             calibrated.add((c.model, c.defense))
             d["calibration_forwards"] += study.data.calib_images * (draws * CALIBRATION_EVALUATIONS + 2)
@@ -113,16 +119,17 @@ def estimate_study(study: Study, *, device: str = "cpu", seconds_per_model: floa
             tp[m] = measure_throughput(m_spec, batch=study.chunk_size, device=device, seconds=seconds_per_model)
     seconds = 0.0
     for m, d in per.items():
-        f = d["attack_queries"] + d["verification_forwards"] + d["calibration_forwards"]
+        f = d["attack_queries"] + d["verification_forwards"] + d["reevaluation_forwards"] + d["calibration_forwards"]
         d["forwards"] = f
         cores = max(1, workers) * (1 if device.startswith("cuda") else torch.get_num_threads())
         d["seconds"] = f / tp[m] / cores
         seconds += d["seconds"]
     tot = {k: int(sum(d[k] for d in per.values())) for k in ("attack_queries", "verification_forwards",
-                                                             "calibration_forwards")}
+                                                             "calibration_forwards", "reevaluation_forwards")}
     return Estimate(
         study=study.name, cells=len(cells), forwards=sum(tot.values()), seconds=seconds, throughput=tp,
         per_model=per, device=device, threads=torch.get_num_threads(), workers=workers,
-        note=("attack queries: upper bound (every image spends its whole budget); verification: estimate; time at "
+        note=("attack queries: upper bound (every image spends its whole budget); verification: estimate; "
+              "re-evaluation: upper bound (R forwards per clean image and per broken final image); time at "
               "full-batch forward throughput per core "
               "(process CPU time), ideal scaling over workers x threads"), **tot)

@@ -180,6 +180,46 @@ def table15(scale: Scale) -> Study:
                   description="'lucky' attacks: success decided by a single forward (verify=1)")
 
 
+def honest(scale: Scale) -> Study:
+    """Where does feature noise beat input noise once lucky checks cannot decide? Input noise and feature noise
+    at the penultimate layer (2% and 4% drops) and at an earlier layer (plain and scaled, 2%), against Square and
+    SignHunt with the paper's 9-vote check, and Square with the strict check (100 votes as its stop rule). Every
+    defense meets the same attack draws (paired); tables show the paper and strict readings."""
+    full = scale.name == "full"
+    models = REFERENCE_MODELS if full else ("fmnist-vgg",)
+    early = {"fmnist-vgg": "net.features.10", "fmnist-resnet": "net.layer2", "fmnist-vit": "net.blocks.2"}
+    drops = (0.01, 0.02, 0.04) if full else (0.02, 0.04)
+    defenses: list[DefenseSetting] = [_NONE, *_noise(drops)]
+    if len(models) == 1:  # layer names differ between architectures: the earlier layers only with one model
+        for scaled in (False, True):
+            defenses.append(DefenseSetting(family="feature", layers=(early[models[0]],), drop=0.02, scaled=scaled))
+    b = 2000 if full else scale.budget
+    attacks = (AttackSetting(name="square", eps=0.05, budget=b), AttackSetting(name="signhunt", eps=0.05, budget=b),
+               AttackSetting(name="square", eps=0.05, budget=b, verify=100, label="square strict-check"))
+    return _study("honest", scale, _models(*models), tuple(defenses), attacks, n=200 if full else scale.n,
+                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  description="input vs feature noise under the paper and strict readings, paired draws")
+
+
+def adaptive(scale: Scale) -> Study:
+    """Which adaptive option restarts a search stalled by noise: Square and SignHunt re-evaluating their
+    incumbent (resample 3), Square with larger squares (p_init 0.3, Table 3) and EOT (M = 5, same queries), NES
+    with momentum 0.9 and plateau decay (Ilyas et al. 2018), each next to its plain version, against input and
+    feature noise at a 2% drop on fmnist-vgg."""
+    b = scale.budget
+    a = [AttackSetting(name="square", eps=0.05, budget=b),
+         AttackSetting(name="square", eps=0.05, budget=b, params=_freeze({"resample": 3})),
+         AttackSetting(name="square", eps=0.05, budget=b, params=_freeze({"p_init": 0.3})),
+         AttackSetting(name="square", eps=0.05, budget=b, eot=5, label="square eot"),
+         AttackSetting(name="signhunt", eps=0.05, budget=b),
+         AttackSetting(name="signhunt", eps=0.05, budget=b, params=_freeze({"resample": 3})),
+         AttackSetting(name="nes", eps=0.05, budget=b),
+         AttackSetting(name="nes", eps=0.05, budget=b, params=_freeze({"momentum": 0.9, "plateau_length": 5}))]
+    return _study("adaptive", scale, _models("fmnist-vgg"), _noise((0.02,)), tuple(a),
+                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  description="adaptive variants of the score-based attacks vs input and feature noise (2% drop)")
+
+
 PRESETS: dict[str, Preset] = {p.table: p for p in (
     Preset("2", "Table 2: score-based attacks", "robust", table2),
     Preset("3", "Table 3: attack strength", "strength", table3),
@@ -189,6 +229,8 @@ PRESETS: dict[str, Preset] = {p.table: p for p in (
     Preset("7", "Table 7: EOT (adaptive) attacks", "eot", table7),
     Preset("9", "Table 9: l_2 attacks", "robust", table9),
     Preset("15", "Table 15: lucky attacks (verify=1)", "lucky", table15),
+    Preset("honest", "Input vs feature noise under the strict reading (paired)", "robust", honest),
+    Preset("adaptive", "Adaptive attacks against stalled searches", "robust", adaptive),
 )}
 
 

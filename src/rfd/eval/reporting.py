@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from rfd.eval.compare import Comparison
 from rfd.eval.results import Results, load_results
 from rfd.eval.tables import build_table, render
 
-__all__ = ["filter_results", "raw_rows", "write_report"]
+__all__ = ["filter_results", "paired_comparisons", "raw_rows", "write_report"]
 
 
 def filter_results(res: Results, *, models: Sequence[str] | None = None, attacks: Sequence[str] | None = None,
@@ -34,9 +35,31 @@ def filter_results(res: Results, *, models: Sequence[str] | None = None, attacks
 def raw_rows(res: Results) -> pd.DataFrame:
     """One row per attacked image: the run's settings, then the stored outcome (for your own analysis)."""
     cols = ["run_id", "model", "method", "layers", "target_drop", "sigma", "attack", "norm", "eps", "eot", "budget",
-            "verify"]
+            "verify", "check"]
     return res.samples.merge(res.runs[cols], on="run_id")[
-        cols + ["sample", "dataset_index", "label", "clean_correct", "success", "queries", "linf", "l2"]]
+        cols + ["sample", "dataset_index", "label", "clean_correct", "success", "queries", "linf", "l2", "checks",
+                "check_forwards", "claims", "p_wrong", "clean_p_wrong"]]
+
+
+def paired_comparisons(res: Results, readings: Sequence[str] = ("paper", "strict")) -> list[Comparison]:
+    """Feature minus input noise for every (model, attack, check, noise level) that has both, under each reading
+    whose values are known, at the runs' full budget."""
+    from rfd.eval.compare import compare_runs
+
+    runs = res.runs[res.runs.family.isin(["feature", "input"])]
+    keys = ["model", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "params",
+            "target_drop", "sigma_fixed"]
+    out = []
+    for _, g in runs.groupby(keys, dropna=False, sort=False):
+        feat, inp = g[g.family == "feature"], g[g.family == "input"]
+        for fid in feat.run_id:
+            for iid in inp.run_id:
+                for rd in readings:
+                    try:
+                        out.append(compare_runs(res, int(fid), int(iid), reading=rd))
+                    except ValueError:  # a reading unknown in an old store
+                        continue
+    return out
 
 
 def write_report(db: str | os.PathLike[str], out_dir: str | os.PathLike[str], tables: Sequence[str],
@@ -61,6 +84,11 @@ def write_report(db: str | os.PathLike[str], out_dir: str | os.PathLike[str], ta
         p = out / f"table_{t.kind}.csv"
         p.write_text(render(t, "csv"))
         paths[f"table_{t.kind}"] = str(p)
+    pairs = paired_comparisons(res)
+    if pairs:
+        md += [("**Feature vs input noise, paired** (same images, same attack draws; difference in points with its "
+                "95% interval, exact McNemar p-value on the discordant images)"), ""]
+        md += [f"- {c.text()}" for c in pairs] + [""]
     png = plot_robust_curves(res, out / "robust_vs_queries.png", budgets=budgets)
     paths["plot"] = str(png)
     md += ["![robust accuracy vs queries](robust_vs_queries.png)", ""]

@@ -1,5 +1,6 @@
 """Read a results store into pandas: one row per run (with its settings) and one row per sample, and robust
-accuracy at any budget computed from the per-sample query counts."""
+accuracy at any budget, under any reading (``paper``, ``strict``, ``expected``; :mod:`rfd.attacks.readings`),
+computed from the per-sample query counts and re-evaluations."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rfd.attacks.readings import robust_estimate, robust_values
 from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
+from rfd.stats import Estimate
 
-__all__ = ["Results", "default_budgets", "load_results", "robust_accuracy", "robust_curve"]
+__all__ = ["Results", "default_budgets", "load_results", "robust_accuracy", "robust_curve", "robust_estimate_of",
+           "sample_values"]
+
+LEGACY_SEEDING = "per-run (rfd 0.1)"  # attack seeds derived from the whole run key: defenses not paired
 
 _METHOD = {"none": "Base", "input": "Input", "feature": "Feature", "logits": "Logits", "aaa": "AAA"}
 
@@ -40,6 +46,8 @@ def load_results(db: str | os.PathLike[str]) -> Results:
     samples = pd.DataFrame(rows, columns=["run_id", "chunk", *SAMPLE_COLUMNS])
     for c in ("clean_correct", "success"):
         samples[c] = samples[c].astype(bool)
+    for c in ("p_wrong", "clean_p_wrong"):
+        samples[c] = pd.to_numeric(samples[c], errors="coerce").astype(float)  # NULL -> NaN
     recs = []
     for r in runs:
         cfg, labels = r["config"], r["labels"]
@@ -55,41 +63,60 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),
             "attack": labels.get("attack") or a["name"], "attack_name": a["name"], "norm": a["norm"],
             "eps": a["eps"], "eot": a["eot"], "budget": a["budget"], "verify": a["verify"],
+            "check": a.get("check", "free"), "reevaluate": a.get("reevaluate"),
+            "seeding": ident.get("seeding", LEGACY_SEEDING),
+            "calibration_converged": (cfg.get("calibration") or {}).get("converged"),
             "params": json.dumps(a.get("params") or {}, sort_keys=True),
             "n_expected": ident["n"], "seed": ident["seed"], "study": labels.get("study", ""),
             "rfd_version": r["rfd_version"],
         })
     cols = ["run_id", "key", "model", "family", "method", "layers", "scaled", "target_drop", "sigma_fixed", "sigma",
-            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "params",
-            "n_expected", "seed", "study", "rfd_version"]
+            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate", "seeding", "calibration_converged",
+            "params", "n_expected", "seed", "study", "rfd_version"]
     runs_df = pd.DataFrame(recs, columns=cols)
     if len(runs_df):
         g = samples.groupby("run_id")
         runs_df["n"] = runs_df.run_id.map(g.size()).fillna(0).astype(int)
         runs_df["clean_acc"] = runs_df.run_id.map(g.clean_correct.mean())
+        # expected clean accuracy per forward (NaN when any image was not re-evaluated: an old store)
+        runs_df["clean_acc_expected"] = runs_df.run_id.map(g.clean_p_wrong.apply(
+            lambda v: float("nan") if v.isna().any() else float(1 - v.mean())))
     else:
         runs_df["n"] = pd.Series(dtype=int)
         runs_df["clean_acc"] = pd.Series(dtype=float)
+        runs_df["clean_acc_expected"] = pd.Series(dtype=float)
     budgets = sorted({int(b) for s in studies.values() for b in s.get("checkpoints", [])})
     return Results(runs_df, samples, budgets)
 
 
-def robust_accuracy(samples: pd.DataFrame, budget: int) -> float:
-    """Fraction of ``samples`` (one run) that are clean-correct and not broken within ``budget`` queries."""
+def sample_values(samples: pd.DataFrame, budget: int, reading: str = "paper") -> np.ndarray:
+    """Per image of ``samples`` (one run, ordered by sample), how robust it is at ``budget`` under ``reading``."""
+    return robust_values(samples.clean_correct.to_numpy(), samples.success.to_numpy(), samples.queries.to_numpy(),
+                         samples.p_wrong.to_numpy(dtype=float), budget, reading)
+
+
+def robust_accuracy(samples: pd.DataFrame, budget: int, reading: str = "paper") -> float:
+    """Robust accuracy of ``samples`` (one run) at ``budget`` queries under ``reading`` (NaN when unknown)."""
     if len(samples) == 0:
         return float("nan")
-    broken = samples.success & (samples.queries <= budget)
-    return float((samples.clean_correct & ~broken).mean())
+    return float(sample_values(samples, budget, reading).mean())
 
 
-def robust_curve(samples: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
-    """Robust accuracy of one run at every budget in ``grid`` (sorted int array), in one pass."""
+def robust_estimate_of(samples: pd.DataFrame, budget: int, reading: str = "paper") -> Estimate:
+    """Robust accuracy of one run with its 95% interval (Wilson; bootstrap for ``expected``)."""
+    return robust_estimate(sample_values(samples, budget, reading), reading)
+
+
+def robust_curve(samples: pd.DataFrame, grid: np.ndarray, reading: str = "paper") -> np.ndarray:
+    """Robust accuracy of one run at every budget in ``grid`` (sorted int array); one pass for ``paper``."""
     n = len(samples)
     if n == 0:
         return np.full(len(grid), np.nan)
-    q = np.sort(samples.queries[samples.success & samples.clean_correct].to_numpy())
-    broken = np.searchsorted(q, grid, side="right")
-    return (int(samples.clean_correct.sum()) - broken) / n
+    if reading == "paper":
+        q = np.sort(samples.queries[samples.success & samples.clean_correct].to_numpy())
+        broken = np.searchsorted(q, grid, side="right")
+        return (int(samples.clean_correct.sum()) - broken) / n
+    return np.array([robust_accuracy(samples, int(b), reading) for b in grid])
 
 
 def default_budgets(res: Results) -> list[int]:

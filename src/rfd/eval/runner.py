@@ -1,7 +1,8 @@
 """Run a study into a results store: plan, calibrate, execute chunks (locally or on Ray), write, summarize.
 
-Work is split into units (cell, chunk): ``study.chunk_size`` consecutive images of one cell, with a seed fixed
-by (study seed, run key, chunk). Each finished unit is written in one transaction; re-running skips finished
+Work is split into units (cell, chunk): ``study.chunk_size`` consecutive images of one cell, with an attack seed
+fixed by (study seed, attack, chunk), the same for every defense (paired draws), and a noise seed by (study seed,
+run key, chunk). Each finished unit is written in one transaction; re-running skips finished
 units, so a killed run resumes where it stopped and ends with exactly the rows an uninterrupted run writes.
 ``--shard i/n`` takes every n-th unit (deterministic), and ``rfd merge`` joins the shards' stores.
 """
@@ -15,17 +16,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from rfd.attacks.readings import READINGS, robust_values
 from rfd.eval.resources import EvalData, load_eval_data, model_identity
 from rfd.eval.seeds import content_key
-from rfd.eval.store import ResultStore, StoreConflict, canonical
+from rfd.eval.store import ResultStore, StoreConflict, canonical, row_from_tuple
 from rfd.eval.study import Cell, Study, _thaw, expand_cells
 from rfd.eval.worker import (
     CalibrationTask,
     ChunkOutput,
     ChunkTask,
     WorkerContext,
+    attack_seed_key,
     execute_calibration,
     execute_chunk,
     make_cell_attack,
@@ -346,7 +350,8 @@ def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple
         if max_units is not None:
             pending = pending[:max_units]
         tasks = [ChunkTask(study=study, cell_index=ci, chunk=k, run_id=run_ids[ci], run_key=cells[ci].key,
-                           sigma=cell_sigma[ci], device=device, data_digest=plan.data.identity["digest"])
+                           sigma=cell_sigma[ci], device=device, data_digest=plan.data.identity["digest"],
+                           attack_key=attack_seed_key(cells[ci].cell.attack))
                  for ci, k in pending]
         written = _execute(tasks, ex, store, plan, progress=progress, on_chunk=on_chunk)
         per_cell = _cell_outcomes(store, [cells[ci] for ci in sorted(run_ids)], run_ids)
@@ -435,21 +440,27 @@ def _execute(tasks: list[ChunkTask], ex: Any, store: ResultStore, plan: Plan, *,
 def _cell_outcomes(store: ResultStore, planned: Iterable[PlannedCell], run_ids: dict[int, int]) -> list[dict[str, Any]]:
     """Per cell: samples stored, clean accuracy and robust accuracy at the budget (from the store)."""
     out = []
+    sigma_of = {r["run_id"]: r["config"].get("sigma") for r in store.runs()}
     for pc in planned:
         rid = run_ids[pc.cell.index]
-        rows = store.conn.execute(
-            "SELECT COUNT(*), SUM(clean_correct), SUM(clean_correct AND NOT success), SUM(queries) "
-            "FROM samples WHERE run_id=?", (rid,)).fetchone()
-        n, correct, robust, queries = (int(v or 0) for v in rows)
+        rows = [row_from_tuple(t[2:]) for t in store.samples([rid])]
+        n = len(rows)
+        correct = sum(r.clean_correct for r in rows)
+        queries = sum(r.queries for r in rows)
+        readings = {}
+        if n:
+            cc, su, q, pw = (np.array(v) for v in zip(*[(r.clean_correct, r.success, r.queries,
+                                                         np.nan if r.p_wrong is None else r.p_wrong) for r in rows]))
+            readings = {rd: float(robust_values(cc, su, q, pw, pc.cell.attack.budget, rd).mean()) for rd in READINGS}
         c = pc.cell
         out.append({
             "run_id": rid, "key": pc.key, "model": c.model.display, "method": c.defense.method,
             "layers": list(c.defense.layers), "drop": c.defense.drop,
-            "sigma": store.conn.execute("SELECT json_extract(config, '$.sigma') FROM runs WHERE run_id=?",
-                                        (rid,)).fetchone()[0],
+            "sigma": sigma_of.get(rid),
             "attack": c.attack.display, "norm": c.attack.norm, "eps": c.attack.eps, "eot": c.attack.eot,
             "budget": c.attack.budget, "verify": c.attack.verify, "n_done": n, "n": c.n,
-            "clean_accuracy": correct / n if n else None, "robust_accuracy": robust / n if n else None,
+            "clean_accuracy": correct / n if n else None, "robust_accuracy": readings.get("paper"),
+            "robust_accuracy_strict": readings.get("strict"), "robust_accuracy_expected": readings.get("expected"),
             "queries_total": queries, "label": _cell_label(pc),
         })
     return out

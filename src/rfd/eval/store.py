@@ -7,7 +7,13 @@ Tables:
 * ``calibrations``: one sigma per (model, defense, target drop, calibration data, seed), re-used on resume.
 * ``chunks``: one row per finished chunk of a run, with its seed and cost; written in the *same*
   transaction as the chunk's samples, so a chunk is either fully stored or absent.
-* ``samples``: one row per attacked image, ``UNIQUE(run_id, sample)``.
+* ``samples``: one row per attacked image, ``UNIQUE(run_id, sample)``: the attack's outcome, its success checks
+  (count, forwards, the query count of every claim) and the final re-evaluation (``p_wrong``: the fraction of R
+  fresh forwards that misclassify the final image of a broken sample; ``clean_p_wrong``: the same on the clean
+  image).
+
+Schema version 2 added the per-sample checks and re-evaluation; a version-1 store is migrated in place when
+opened (new columns NULL: its strict and expected readings are unknown, its paper reading unchanged).
 
 A killed process loses at most the chunk it was computing; a finished chunk is never written twice (a second
 write of identical rows is a no-op, of different rows a :class:`StoreConflict`).
@@ -16,6 +22,7 @@ write of identical rows is a no-op, of different rows a :class:`StoreConflict`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +36,7 @@ from rfd import __version__
 
 __all__ = ["SCHEMA_VERSION", "ChunkInfo", "ResultStore", "SampleRow", "StoreConflict", "StoreError"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,6 +66,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     queries INTEGER NOT NULL,              -- queries charged, all samples of the chunk
     verification_forwards INTEGER NOT NULL,  -- uncounted success-check forwards
     elapsed_s REAL NOT NULL,
+    reevaluation_forwards INTEGER,           -- uncounted forwards of the final re-evaluation (NULL: schema 1)
     finished TEXT NOT NULL,
     PRIMARY KEY (run_id, chunk)
 );
@@ -73,6 +81,11 @@ CREATE TABLE IF NOT EXISTS samples (
     queries INTEGER NOT NULL,       -- queries at first verified success; all spent otherwise
     linf REAL NOT NULL,
     l2 REAL NOT NULL,
+    checks INTEGER,                 -- success checks of the sample's claims (NULL: schema 1)
+    check_forwards INTEGER,         -- forwards those checks used
+    claims TEXT,                    -- JSON list: query count at each claim
+    p_wrong REAL,                   -- re-evaluation of the final image of a broken sample (NULL otherwise)
+    clean_p_wrong REAL,             -- re-evaluation of the clean image
     UNIQUE (run_id, sample)
 );
 CREATE INDEX IF NOT EXISTS samples_run_chunk ON samples (run_id, chunk);
@@ -89,7 +102,7 @@ class StoreConflict(StoreError):
 
 @dataclass(frozen=True)
 class SampleRow:
-    """The stored outcome of one image in one run."""
+    """The stored outcome of one image in one run (the last five are None in a migrated schema-1 store)."""
 
     sample: int
     dataset_index: int
@@ -99,11 +112,21 @@ class SampleRow:
     queries: int
     linf: float
     l2: float
+    checks: int | None = None
+    check_forwards: int | None = None
+    claims: str | None = None  # JSON list of ints
+    p_wrong: float | None = None
+    clean_p_wrong: float | None = None
 
     def key(self) -> tuple[Any, ...]:
         """Values as stored (bools as ints), for exact comparison with rows read back."""
         return (self.sample, self.dataset_index, self.label, int(self.clean_correct), int(self.success),
-                self.queries, float(self.linf), float(self.l2))
+                self.queries, float(self.linf), float(self.l2), self.checks, self.check_forwards, self.claims,
+                _opt_float(self.p_wrong), _opt_float(self.clean_p_wrong))
+
+
+def _opt_float(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
 
 
 SAMPLE_COLUMNS = tuple(f.name for f in fields(SampleRow))
@@ -119,6 +142,7 @@ class ChunkInfo:
     queries: int
     verification_forwards: int
     elapsed_s: float
+    reevaluation_forwards: int | None = None
 
 
 def _now() -> str:
@@ -160,8 +184,22 @@ class ResultStore:
                 self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 self.conn.execute("INSERT INTO meta VALUES ('created_with', ?)", (f"rfd {__version__}",))
                 self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this rfd reads version {SCHEMA_VERSION}")
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2 inside the caller's transaction: add the checks and re-evaluation columns as NULL."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
+        for col, typ in (("checks", "INTEGER"), ("check_forwards", "INTEGER"), ("claims", "TEXT"),
+                         ("p_wrong", "REAL"), ("clean_p_wrong", "REAL")):
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE samples ADD COLUMN {col} {typ}")
+        if "reevaluation_forwards" not in {r[1] for r in self.conn.execute("PRAGMA table_info(chunks)")}:
+            self.conn.execute("ALTER TABLE chunks ADD COLUMN reevaluation_forwards INTEGER")
+        self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_from', '1')")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -283,7 +321,8 @@ class ResultStore:
 
     def chunk_info(self, run_id: int) -> list[ChunkInfo]:
         return [ChunkInfo(*row) for row in self.conn.execute(
-            "SELECT chunk, seed, n_samples, queries, verification_forwards, elapsed_s FROM chunks WHERE run_id=? "
+            "SELECT chunk, seed, n_samples, queries, verification_forwards, elapsed_s, reevaluation_forwards "
+            "FROM chunks WHERE run_id=? "
             "ORDER BY chunk", (run_id,))]
 
     def chunk_rows(self, run_id: int, chunk: int) -> list[tuple[Any, ...]]:
@@ -312,9 +351,10 @@ class ResultStore:
                                         f"different results ({diff})")
                 return False
             self.conn.execute(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (run_id, chunk, seed, n_samples, queries, verification_forwards, elapsed_s, "
+                "finished, reevaluation_forwards) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, info.chunk, info.seed, info.n_samples, info.queries, info.verification_forwards,
-                 info.elapsed_s, finished or _now()))
+                 info.elapsed_s, finished or _now(), info.reevaluation_forwards))
             try:
                 self.conn.executemany(
                     "INSERT INTO samples (run_id, chunk, " + ", ".join(SAMPLE_COLUMNS) + ") "
@@ -352,6 +392,8 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 
 def row_from_tuple(t: Sequence[Any]) -> SampleRow:
     """A :class:`SampleRow` from a stored tuple in SAMPLE_COLUMNS order."""
-    s, di, lab, cc, su, q, li, l2 = t
-    return SampleRow(int(s), int(di), int(lab), bool(cc), bool(su), int(q), float(li), float(l2))
+    s, di, lab, cc, su, q, li, l2, k, kf, cl, pw, cpw = t
+    return SampleRow(int(s), int(di), int(lab), bool(cc), bool(su), int(q), float(li), float(l2),
+                     None if k is None else int(k), None if kf is None else int(kf), cl, _opt_float(pw),
+                     _opt_float(cpw))
 

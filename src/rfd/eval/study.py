@@ -18,7 +18,13 @@ Example (YAML)::
       - {family: input, sigmas: [0.05]}      # or a fixed sigma
     attacks:
       - {name: square, norm: linf, eps: 0.05}
+      - {name: square, verify: 100}          # the "strict check": 100 votes decide a claim (its stop rule)
+      - {name: square, check: charged}       # the check's votes are paid from the budget
       - rays
+    reevaluate: 100             # fresh forwards re-classifying every final image (strict/expected readings)
+
+Every defense of a study meets the same attack draws on the same images (the attack's seed depends on the
+attack and the chunk, not on the defense or the check): comparisons between defenses are paired.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CHECK_MODES",
     "FAMILIES",
     "NOISE_FAMILIES",
+    "SEEDING",
     "AttackSetting",
     "Cell",
     "DataSpec",
@@ -52,6 +60,10 @@ __all__ = [
 
 FAMILIES = ("none", "input", "feature", "logits", "aaa")
 NOISE_FAMILIES = ("input", "feature", "logits")  # families whose sigma is set or calibrated
+CHECK_MODES = ("free", "charged")  # success checks not paid for (the paper) or paid from the budget
+# How attack seeds are derived, stored in every run's identity: "paired" = by attack and chunk only (the same
+# draws for every defense). Runs without it (rfd <= 0.1 stores) derived them from the whole run key.
+SEEDING = "paired"
 
 
 class StudyError(ValueError):
@@ -181,9 +193,18 @@ class AttackSetting:
     eps: float = 0.05
     budget: int = 10000  # queries per image
     eot: int = 1  # forwards averaged per query (paid for)
-    verify: int = 9  # forwards of the majority-vote success check (not paid for); 1 = "lucky" mode
+    verify: int = 9  # forwards of the majority-vote success check; 1 = "lucky" mode, 100 = the "strict check"
+    check: str = "free"  # "free" (the paper: checks not paid for) or "charged" (each vote costs one query)
+    reevaluate: int = 100  # R: fresh uncounted forwards classifying each final image (strict/expected readings)
     params: tuple[tuple[str, Any], ...] = ()  # attack-specific config fields (e.g. p_init)
     label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.check not in CHECK_MODES:
+            raise StudyError(f"attack {self.name!r}: check must be one of {', '.join(CHECK_MODES)}, got {self.check!r}")
+        if self.reevaluate < 1 or self.verify < 1:
+            raise StudyError(f"attack {self.name!r}: verify and reevaluate must be >= 1 forwards, got "
+                             f"{self.verify}, {self.reevaluate}")
 
     @property
     def display(self) -> str:
@@ -191,7 +212,8 @@ class AttackSetting:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "norm": self.norm, "eps": self.eps, "budget": self.budget, "eot": self.eot,
-                "verify": self.verify, "params": _thaw(self.params), "label": self.label}
+                "verify": self.verify, "check": self.check, "reevaluate": self.reevaluate,
+                "params": _thaw(self.params), "label": self.label}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,7 +310,8 @@ class Cell:
         dataset identity), so the same run on another machine or path gets the same key."""
         return {"model": dict(model_id), "defense": self.defense.to_dict(),
                 "attack": {k: v for k, v in self.attack.to_dict().items() if k != "label"},
-                "n": self.n, "seed": self.seed, "chunk_size": self.chunk_size, "data": dict(data_id)}
+                "n": self.n, "seed": self.seed, "chunk_size": self.chunk_size, "data": dict(data_id),
+                "seeding": SEEDING}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -396,11 +419,12 @@ def _check_json_value(v: Any, where: str) -> None:
 
 
 _TOP_KEYS = ("name", "description", "models", "defenses", "attacks", "n", "seed", "budget", "checkpoints",
-             "verify", "eot", "chunk_size", "data", "calibration")
+             "verify", "check", "reevaluate", "eot", "chunk_size", "data", "calibration")
 _MODEL_KEYS = ("name", "checkpoint", "factory", "label", "options")
 _DATA_KEYS = ("dataset", "eval_split", "calib_split", "path", "calib_images", "options")
 _DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "params")
-_ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "params", "sweep", "label")
+_ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "check", "reevaluate", "params", "sweep",
+                "label")
 
 
 def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
@@ -414,7 +438,10 @@ def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
     budget = top.get_int("budget", 10000, minimum=1)
     verify = top.get_int("verify", 9, minimum=1)
     eot = top.get_int("eot", 1, minimum=1)
+    check = top.get_str("check", "free", choices=CHECK_MODES)
+    reevaluate = top.get_int("reevaluate", 100, minimum=1)
     assert budget is not None and verify is not None and eot is not None
+    assert check is not None and reevaluate is not None
 
     models_raw = top.get_list("models")
     if models_raw is None:
@@ -438,7 +465,7 @@ def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
     attacks: list[AttackSetting] = []
     for i, a in enumerate(attacks_raw):
         attacks.extend(_parse_attack(a, f"{top._at('attacks')}[{i}]", budget=budget, verify=verify, eot=eot,
-                                     dataset=data.dataset))
+                                     check=check, reevaluate=reevaluate, dataset=data.dataset))
     if len(set(attacks)) != len(attacks):
         raise StudyError(f"{top._at('attacks')}: the same attack setting is listed twice")
 
@@ -580,8 +607,8 @@ def default_eps(dataset: str, norm: str) -> float | None:
 _EPS_FAMILY = {"bundled": "fashion-mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10"}
 
 
-def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, dataset: str = "bundled"
-                  ) -> list[AttackSetting]:
+def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, check: str = "free",
+                  reevaluate: int = 100, dataset: str = "bundled") -> list[AttackSetting]:
     if isinstance(raw, str):
         raw = {"name": raw}
     e = _Entry(raw, where, _ATTACK_KEYS)
@@ -606,6 +633,12 @@ def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, d
     eots = [_as_int(v, f"{where}.eot", 1) for v in e.get_list("eot") or [eot]]
     budgets = [_as_int(v, f"{where}.budget", 1) for v in e.get_list("budget") or [budget]]
     verifies = [_as_int(v, f"{where}.verify", 1) for v in e.get_list("verify") or [verify]]
+    checks = [str(v) for v in e.get_list("check") or [check]]
+    for c in checks:
+        if c not in CHECK_MODES:
+            raise StudyError(f"{where}.check: {c!r} is not allowed (allowed: {', '.join(CHECK_MODES)})")
+    reeval = e.get_int("reevaluate", reevaluate, minimum=1)
+    assert reeval is not None
     params = e.get_mapping("params")
     for reserved in ("norm", "eps", "budget", "seed", "eot"):
         if reserved in params:
@@ -625,9 +658,9 @@ def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, d
         combos = [{**c, k: v} for c in combos for k, v in options]
     label = e.get_str("label")
     return [
-        AttackSetting(name=name, norm=norm, eps=eps, budget=b, eot=m, verify=k,
+        AttackSetting(name=name, norm=norm, eps=eps, budget=b, eot=m, verify=k, check=ch, reevaluate=reeval,
                       params=_freeze({**params, **combo}), label=label)
-        for eps in eps_list for b in budgets for m in eots for k in verifies for combo in combos
+        for eps in eps_list for b in budgets for m in eots for k in verifies for ch in checks for combo in combos
     ]
 
 

@@ -12,8 +12,11 @@ Kinds (paper tables in brackets):
 * ``lucky`` [15]: runs verified with a single forward (verify=1): rows model x method, columns budgets;
 * ``runs``: one row per run with every setting (a flat overview).
 
-All values are percentages. Clean accuracy is the fraction of the evaluated images that the (defended) model
-classifies correctly by majority vote, averaged over the runs of a row.
+Every robust accuracy is shown under the readings asked for (default ``paper`` and ``strict`` side by side, a
+column level "Reading"; :mod:`rfd.attacks.readings` defines them) with its 95% interval: ``62.0 [55.1, 68.4]``.
+All values are percentages. "Acc" is the fraction of the evaluated images that the (defended) model classifies
+correctly by majority vote, "E[Acc]" the expected accuracy of one forward on them (from the re-evaluation), each
+averaged over the runs of a row.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from rfd.eval.results import Results, default_budgets, robust_accuracy
+from rfd.attacks.readings import check_reading
+from rfd.eval.results import LEGACY_SEEDING, Results, default_budgets, robust_estimate_of
+from rfd.stats import Estimate
 
 __all__ = [
+    "DEFAULT_READINGS",
     "PAPER_TABLES",
     "TABLE_KINDS",
     "Table",
@@ -42,6 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DEFAULT_READINGS = ("paper", "strict")
 TABLE_KINDS = ("robust", "decision", "strength", "layer", "eot", "lucky", "runs")
 PAPER_TABLES = {"1": "robust", "2": "robust", "9": "robust", "5": "decision", "10": "decision", "11": "decision",
                 "3": "strength", "6": "layer", "14": "layer", "7": "eot", "15": "lucky"}
@@ -123,27 +130,73 @@ def _varying_params(params: pd.Series) -> list[str]:
     return [k for k in keys if len({json.dumps(d.get(k)) for d in dicts}) > 1]
 
 
-def _robust_at(res: Results, runs: pd.DataFrame, budget_of: dict[int, int]) -> pd.Series:
+def _robust_at(res: Results, runs: pd.DataFrame, budget_of: dict[int, int], reading: str = "paper") -> pd.Series:
+    """Per run of ``runs``: its robust accuracy :class:`Estimate` at ``budget_of[run_id]`` under ``reading``."""
     by_run = dict(tuple(res.samples.groupby("run_id")))
     out = {}
     for rid in runs.run_id:
-        b = budget_of[rid]
-        out[rid] = 100 * robust_accuracy(by_run.get(rid, res.samples.iloc[:0]), b)
+        out[rid] = robust_estimate_of(by_run.get(rid, res.samples.iloc[:0]), budget_of[rid], reading)
     return runs.run_id.map(out)
 
 
+def _with_readings(res: Results, runs: pd.DataFrame, budget_of: dict[int, int], readings: Sequence[str]
+                   ) -> pd.DataFrame:
+    """Long frame: ``runs`` once per reading, with columns ``reading`` and ``value`` (an Estimate)."""
+    parts = []
+    for rd in readings:
+        r = runs.copy()
+        r["reading"] = rd
+        r["value"] = _robust_at(res, runs, budget_of, rd).to_numpy()
+        parts.append(r)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _pivot(long: pd.DataFrame, index: list[str], columns: list[str]) -> pd.DataFrame:
+    return long.pivot_table(index=index, columns=columns, values="value", aggfunc="first", sort=False)
+
+
+def _order_readings(t: pd.DataFrame, readings: Sequence[str]) -> pd.DataFrame:
+    """Columns in their pivot order, but the innermost "reading" level in the order asked for."""
+    cols = list(t.columns)
+    def key(c: object) -> tuple[int, int]:
+        head = c[:-1] if isinstance(c, tuple) else ()
+        first = next(i for i, d in enumerate(cols) if (d[:-1] if isinstance(d, tuple) else ()) == head)
+        rd = c[-1] if isinstance(c, tuple) else c
+        return first, list(readings).index(str(rd))
+    return t.reindex(columns=sorted(cols, key=key))
+
+
 def _notes(runs: pd.DataFrame) -> list[str]:
-    notes = [("Values: robust accuracy (%) = clean-correct by majority vote and not broken within the budget; "
-              "Acc: clean accuracy (%) of the (defended) model on the same images.")]
+    notes = [("Values: robust accuracy (%) = clean-correct by majority vote and not broken within the budget, "
+              "with its 95% interval (Wilson over images; bootstrap for 'expected'). Readings: paper = the claim "
+              "passed the success check (the paper's protocol); strict = also misclassified in more than half of "
+              "R fresh forwards of the final image; expected = chance the model is right on the final image. "
+              "Acc: majority-vote clean accuracy (%); E[Acc]: expected clean accuracy of one forward (%).")]
     inc = runs[runs.n < runs.n_expected]
     for _, r in inc.iterrows():
         notes.append(f"incomplete: {r.model} / {r.method} {r.level} / {r.attack} has {r.n} of {r.n_expected} "
                      "images (resume with rfd run)")
+    legacy = runs[runs.seeding == LEGACY_SEEDING]
+    if len(legacy):
+        notes.append(f"{len(legacy)} run(s) from an older rfd: attack seeds derived per run (defenses not paired) "
+                     "and no re-evaluation (strict/expected shown as –)")
+    bad = runs[runs.calibration_converged.map(lambda v: v is False)]  # None (fixed sigma) must not match
+    for _, r in bad.iterrows():
+        notes.append(f"calibration NOT converged: {r.model} / {r.method} {r.level} (sigma {r.sigma:.4g}): its "
+                     "clean-accuracy drop differs from the target by more than the tolerance")
     return notes
 
 
-def _acc_column(runs: pd.DataFrame, rows: list[str]) -> pd.Series:
-    return runs.groupby(rows, sort=False).clean_acc.mean() * 100
+def _acc_column(runs: pd.DataFrame, rows: list[str], col: str = "clean_acc") -> pd.Series:
+    return runs.groupby(rows, sort=False)[col].mean() * 100
+
+
+def _insert_acc(t: pd.DataFrame, runs: pd.DataFrame, rows: list[str]) -> None:
+    """Acc and E[Acc] as the first columns of ``t`` (index ``rows``), padded to its column levels."""
+    pad = ("",) * (t.columns.nlevels - 1)
+    for i, (name, col) in enumerate((("Acc", "clean_acc"), ("E[Acc]", "clean_acc_expected"))):
+        label = (name, *pad) if pad else name
+        t.insert(i, label, _acc_column(runs, rows, col).reindex(t.index))
 
 
 def _check_unique(runs: pd.DataFrame, cols: list[str], kind: str) -> None:
@@ -155,71 +208,81 @@ def _check_unique(runs: pd.DataFrame, cols: list[str], kind: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- kinds
-def build_table(res: Results, kind: str, *, budgets: Sequence[int] | None = None, budget: int | None = None
-                ) -> Table:
+def build_table(res: Results, kind: str, *, budgets: Sequence[int] | None = None, budget: int | None = None,
+                readings: Sequence[str] = DEFAULT_READINGS) -> Table:
     """Compute table ``kind`` (or a paper table number) from ``res``.
 
     Args:
         budgets: budgets shown as columns (robust, eot, lucky); default: the studies' checkpoints and each run's
             full budget.
         budget: the single budget of decision/strength/layer tables; default: each run's full budget.
+        readings: readings of robust accuracy shown side by side (``paper``, ``strict``, ``expected``).
     """
     kind = resolve_kind(kind)
     if len(res.runs) == 0:
         raise ValueError("the results store holds no runs yet")
+    rds = [check_reading(r) for r in readings]
+    if not rds:
+        raise ValueError("readings: give at least one of paper, strict, expected")
     runs = _label_runs(res.runs)
     bs = sorted(int(b) for b in (budgets or default_budgets(res)))
     fn = {"robust": _robust, "decision": _decision, "strength": _strength, "layer": _layer, "eot": _eot,
           "lucky": _lucky, "runs": _runs}[kind]
-    return fn(res, runs, bs, budget)
+    table = fn(res, runs, bs, budget, rds)
+    from rfd.eval.sanity import sanity_flags
+
+    table.notes.extend(f"sanity: {f.text()}" for f in sanity_flags(res))
+    return table
 
 
-def _per_budget(res: Results, runs: pd.DataFrame, bs: list[int]) -> pd.DataFrame:
-    """Long frame: one row per (run, budget <= run budget) with the robust accuracy."""
+def _per_budget(res: Results, runs: pd.DataFrame, bs: list[int], readings: Sequence[str]) -> pd.DataFrame:
+    """Long frame: one row per (run, budget <= run budget, reading) with the robust accuracy Estimate."""
     rows = []
     for b in bs:
         sel = runs[runs.budget >= b]
         if len(sel) == 0:
             continue
-        r = sel.copy()
+        r = _with_readings(res, sel, {rid: b for rid in sel.run_id}, readings)
         r["B"] = b
-        r["value"] = _robust_at(res, sel, {rid: b for rid in sel.run_id}).to_numpy()
         rows.append(r)
     if not rows:
         raise ValueError(f"no run has a budget as large as the smallest requested budget {bs[0]}")
     return pd.concat(rows, ignore_index=True)
 
 
-def _robust(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _budget_of(runs: pd.DataFrame, budget: int | None) -> dict[int, int]:
+    return {rid: (min(budget, b) if budget else b) for rid, b in zip(runs.run_id, runs.budget)}
+
+
+def _robust(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     runs = _label_runs(runs[(runs.verify > 1) | (runs.verify == runs.verify.max())])
     _check_unique(runs, ["model", "method_label", "level", "attack_label"], "robust")
-    long = _per_budget(res, runs, bs)
+    long = _per_budget(res, runs, bs, rds)
     rows = ["model", "method_label", "level"]
-    t = long.pivot_table(index=rows, columns=["attack_label", "B"], values="value", sort=False)
-    t = t.reindex(columns=sorted(t.columns, key=lambda c: (list(runs.attack_label.unique()).index(c[0]), c[1])))
-    acc = _acc_column(runs, rows)
-    t.insert(0, ("Acc", ""), acc.reindex(t.index))
+    t = _pivot(long, rows, ["attack_label", "B", "reading"])
+    order = list(runs.attack_label.unique())
+    t = t.reindex(columns=sorted(t.columns, key=lambda c: (order.index(c[0]), c[1], list(rds).index(c[2]))))
+    _insert_acc(t, runs, rows)
     t.index.names = ["Model", "Method", "Drop"]
-    t.columns.names = ["Attack", "Queries"]
+    t.columns.names = ["Attack", "Queries", "Reading"]
     return Table("robust", "Robust accuracy (%) by attack and query budget", t, _notes(runs))
 
 
-def _decision(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _decision(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     _check_unique(runs, ["model", "method_label", "level", "attack_label"], "decision")
-    runs = runs.copy()
-    b_of = {rid: (min(budget, b) if budget else b) for rid, b in zip(runs.run_id, runs.budget)}
-    runs["value"] = _robust_at(res, runs, b_of)
+    b_of = _budget_of(runs, budget)
+    long = _with_readings(res, runs, b_of, rds)
     rows = ["model", "method_label", "level"]
-    t = runs.pivot_table(index=rows, columns="attack_label", values="value", sort=False)
-    t.insert(0, "Acc", _acc_column(runs, rows).reindex(t.index))
+    t = _order_readings(_pivot(long, rows, ["attack_label", "reading"]), rds)
+    _insert_acc(t, runs, rows)
     t.index.names = ["Model", "Method", "Drop"]
-    t.columns.name = None
+    t.columns.names = ["Attack", "Reading"]
     qs = sorted(set(b_of.values()))
     return Table("decision", f"Robust accuracy (%) under decision-based attacks at {'/'.join(map(str, qs))} queries",
                  t, _notes(runs))
 
 
-def _strength(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _strength(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     runs = runs[runs.family != "none"].copy()
     if len(runs) == 0:
         raise ValueError("table 'strength' needs defended runs (input/feature noise)")
@@ -234,18 +297,17 @@ def _strength(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | Non
         strength[g.index] = parts
     runs["strength"] = strength
     _check_unique(runs, ["attack_name", "strength", "model", "level", "method_label"], "strength")
-    b_of = {rid: (min(budget, b) if budget else b) for rid, b in zip(runs.run_id, runs.budget)}
-    runs["value"] = _robust_at(res, runs, b_of)
-    t = runs.pivot_table(index=["attack_name", "strength"], columns=["model", "level", "method_label"],
-                         values="value", sort=False)
+    b_of = _budget_of(runs, budget)
+    long = _with_readings(res, runs, b_of, rds)
+    t = _order_readings(_pivot(long, ["attack_name", "strength"], ["model", "level", "method_label", "reading"]), rds)
     t.index.names = ["Attack", "Strength"]
-    t.columns.names = ["Model", "Drop", "Method"]
+    t.columns.names = ["Model", "Drop", "Method", "Reading"]
     qs = sorted(set(b_of.values()))
     return Table("strength", f"Robust accuracy (%) as the attack strength varies ({'/'.join(map(str, qs))} queries)",
                  t, _notes(runs))
 
 
-def _layer(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _layer(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     runs = runs[runs.family.isin(["feature", "input"])].copy()
     if len(runs) == 0:
         raise ValueError("table 'layer' needs feature-noise runs (one per layer)")
@@ -254,73 +316,81 @@ def _layer(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) 
     if runs.level.nunique() == 1:
         runs["layer"] = runs.layers
     _check_unique(runs, ["model", "layer", "attack_label"], "layer")
-    b_of = {rid: (min(budget, b) if budget else b) for rid, b in zip(runs.run_id, runs.budget)}
-    runs["value"] = _robust_at(res, runs, b_of)
-    t = runs.pivot_table(index=["model", "layer"], columns="attack_label", values="value", sort=False)
-    t.insert(0, "Acc", _acc_column(runs, ["model", "layer"]).reindex(t.index))
+    b_of = _budget_of(runs, budget)
+    long = _with_readings(res, runs, b_of, rds)
+    t = _order_readings(_pivot(long, ["model", "layer"], ["attack_label", "reading"]), rds)
+    _insert_acc(t, runs, ["model", "layer"])
     t.index.names = ["Model", "Layer"]
-    t.columns.name = None
+    t.columns.names = ["Attack", "Reading"]
     qs = sorted(set(b_of.values()))
     return Table("layer", f"Robust accuracy (%) with noise at one layer ({'/'.join(map(str, qs))} queries)", t,
                  _notes(runs))
 
 
-def _eot(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _eot(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     runs = runs.copy()
     runs["attack_base"] = runs.attack + runs.norm.map(lambda n: " (l2)" if n == "l2" else "")
     _check_unique(runs, ["attack_base", "method_label", "level", "model", "eot"], "eot")
-    long = _per_budget(res, runs, bs)
+    long = _per_budget(res, runs, bs, rds)
     long["setting"] = [f"M={m} QC={b}" for m, b in zip(long.eot, long.B)]
     order = sorted(long.setting.unique(), key=lambda s: (int(s.split()[0][2:]), int(s.split()[1][3:])))
-    t = long.pivot_table(index=["attack_base", "method_label", "level"], columns=["model", "setting"],
-                         values="value", sort=False)
+    t = _pivot(long, ["attack_base", "method_label", "level"], ["model", "setting", "reading"])
     models = list(runs.model.unique())
     acc = runs.groupby(["attack_base", "method_label", "level", "model"], sort=False).clean_acc.mean().unstack("model")
     for m in models:
-        t[(m, "Acc")] = acc[m].reindex(t.index) * 100
-    t = t.reindex(columns=[(m, s) for m in models for s in ["Acc", *order] if (m, s) in t.columns])
+        t[(m, "Acc", "")] = acc[m].reindex(t.index) * 100
+    t = t.reindex(columns=[(m, s, r) for m in models for s in ["Acc", *order] for r in ["", *rds]
+                           if (m, s, r) in t.columns])
     t.index.names = ["Attack", "Method", "Drop"]
-    t.columns.names = ["Model", "Setting"]
+    t.columns.names = ["Model", "Setting", "Reading"]
     return Table("eot", "Robust accuracy (%) under EOT attacks (M forwards per query; QC = query budget)", t,
                  _notes(runs))
 
 
-def _lucky(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _lucky(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     runs = runs[runs.verify == 1]
     if len(runs) == 0:
         raise ValueError("table 'lucky' needs runs verified by a single forward (verify: 1 in the study)")
     runs = _label_runs(runs)
     _check_unique(runs, ["model", "method_label", "level", "attack_label"], "lucky")
-    long = _per_budget(res, runs, bs)
+    long = _per_budget(res, runs, bs, rds)
     long["N"] = long.B.map(lambda b: f"N={b}")
     rows = ["model", "method_label", "level"]
-    t = long.pivot_table(index=rows, columns=["attack_label", "N"], values="value", sort=False)
-    t = t.reindex(columns=sorted(t.columns, key=lambda c: (c[0], int(c[1][2:]))))
-    t.insert(0, ("Acc", ""), _acc_column(runs, rows).reindex(t.index))
+    t = _pivot(long, rows, ["attack_label", "N", "reading"])
+    t = t.reindex(columns=sorted(t.columns, key=lambda c: (c[0], int(c[1][2:]), list(rds).index(c[2]))))
+    _insert_acc(t, runs, rows)
     t.index.names = ["Model", "Method", "Drop"]
-    t.columns.names = ["Attack", "Budget"]
+    t.columns.names = ["Attack", "Budget", "Reading"]
     return Table("lucky", "Robust accuracy (%) when one forward decides success (verify=1, 'lucky' attacks)", t,
                  _notes(runs))
 
 
-def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None) -> Table:
+def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
     t = runs[["run_id", "model", "method_label", "level", "sigma", "attack", "norm", "eps", "eot", "budget",
-              "verify", "n", "n_expected", "clean_acc"]].copy()
+              "verify", "check", "n", "n_expected", "clean_acc", "clean_acc_expected"]].copy()
     t["clean_acc"] = t.clean_acc * 100
+    t["clean_acc_expected"] = t.clean_acc_expected * 100
     t["sigma"] = t.sigma.map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4g}")
     for b in bs:
         sel = runs[runs.budget >= b]
-        t[f"robust@{b}"] = _robust_at(res, sel, {rid: b for rid in sel.run_id}).reindex(t.index)
+        for rd in rds:
+            t[f"robust@{b} {rd}"] = _robust_at(res, sel, {rid: b for rid in sel.run_id}, rd).reindex(t.index)
     by_run = dict(tuple(res.samples.groupby("run_id")))
     t["queries_median"] = [
         float(g.queries[g.success].median()) if (g := by_run.get(r)) is not None and g.success.any() else float("nan")
         for r in runs.run_id]
-    t = t.rename(columns={"method_label": "method", "clean_acc": "Acc"}).set_index("run_id")
-    return Table("runs", "All runs (robust accuracy in %, median queries of successful attacks)", t, _notes(runs))
+    t["lucky"] = [int((g.success & ~(g.p_wrong > 0.5)).sum()) if (g := by_run.get(r)) is not None
+                  and not g.p_wrong[g.success].isna().any() else None for r in runs.run_id]
+    t = t.rename(columns={"method_label": "method", "clean_acc": "Acc", "clean_acc_expected": "E[Acc]"})
+    t = t.set_index("run_id")
+    return Table("runs", "All runs (robust accuracy in %, median queries of successful attacks; lucky = broken by "
+                 "the check but misclassified in at most half of the re-evaluation forwards)", t, _notes(runs))
 
 
 # ---------------------------------------------------------------------------------------------- renderers
 def _fmt(v: object, digits: int = 1) -> str:
+    if isinstance(v, Estimate):
+        return v.percent(digits)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, bool):
@@ -370,9 +440,19 @@ def to_markdown(table: Table, *, digits: int = 1) -> str:
 
 
 def to_csv(table: Table) -> str:
+    """One column per value; an estimate's column is followed by its interval ends ("... low", "... high")."""
     frame = table.frame.copy()
     frame.columns = _flat_header(frame)
-    return frame.reset_index().to_csv(index=False)
+    out = pd.DataFrame(index=frame.index)
+    for c in frame.columns:
+        col = frame[c]
+        if any(isinstance(v, Estimate) for v in col):
+            for part in ("value", "low", "high"):
+                name = c if part == "value" else f"{c} {part}"
+                out[name] = [100 * getattr(v, part) if isinstance(v, Estimate) else float("nan") for v in col]
+        else:
+            out[c] = col
+    return out.reset_index().to_csv(index=False)
 
 
 def _tex(s: str) -> str:

@@ -1,13 +1,17 @@
 """Executing work: one chunk of one cell, or one calibration. The same functions run in the local executor
 and inside Ray tasks; everything a task needs is rebuilt from the (small, picklable) task description.
 
-Determinism: a chunk's attack seed and the defense's noise seed are fixed by (study seed, run key, chunk),
-and the defended model's generator is re-seeded at the start of every chunk, so a chunk replays identically
-whenever and wherever it runs (same device type and thread count)."""
+Determinism and pairing: a chunk's attack seed is fixed by (study seed, attack key, chunk), where the attack key
+names the attack and its settings but neither the model's defense nor the success check, so every defense of a
+study meets the same attack draws on the same images (common random numbers: "input vs feature" and "2% vs 4%"
+are paired comparisons). The defense's noise seed is fixed by (study seed, run key, chunk). The defended model's
+generator is re-seeded at the start of every chunk, so a chunk replays identically whenever and wherever it
+runs (same device type and thread count)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -28,6 +32,7 @@ __all__ = [
     "ChunkTask",
     "WorkerContext",
     "attack_class",
+    "attack_seed_key",
     "defense_spec",
     "execute_calibration",
     "execute_chunk",
@@ -49,10 +54,29 @@ class ChunkTask:
     sigma: float | None  # resolved noise level of the cell's defense (None for none/aaa)
     device: str = "cpu"
     data_digest: str = ""  # digest of the evaluation images the planner saw (checked by the worker)
+    attack_key: str = ""  # the cell's attack without the check settings (see attack_seed_key)
 
     @property
     def seed(self) -> int:
-        return derive_seed(self.study.seed, self.run_key, self.chunk)
+        """The attack's seed: the same for every defense and check setting of the study (paired draws)."""
+        return derive_seed(self.study.seed, "attack", self.attack_key, self.chunk)
+
+    @property
+    def noise_seed(self) -> int:
+        """The defense's noise seed (its own per run)."""
+        return derive_seed(self.study.seed, self.run_key, self.chunk, "noise")
+
+
+# The check settings change what counts as a success, not the attack's random draws.
+_CHECK_FIELDS = ("verify", "check", "reevaluate", "label")
+
+
+def attack_seed_key(setting: AttackSetting) -> str:
+    """What an attack's seed depends on: its name and settings, not the check, the defense or the model."""
+    from rfd.eval.seeds import content_key
+
+    d = {k: v for k, v in setting.to_dict().items() if k not in _CHECK_FIELDS}
+    return content_key(json.dumps(d, sort_keys=True, separators=(",", ":"), default=str))
 
 
 @dataclass(frozen=True)
@@ -199,27 +223,33 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
     x = data.images[start:stop]
     y = data.labels[start:stop]
     defended = ctx.defended(study, cell, task.sigma, task.device)
+    if not task.attack_key:
+        raise ValueError("ChunkTask.attack_key is empty: build tasks with attack_seed_key(cell.attack)")
     seed = task.seed
     manual_seed = getattr(defended, "manual_seed", None)
     if callable(manual_seed):
-        manual_seed(derive_seed(seed, "noise"))
+        manual_seed(task.noise_seed)
     attack = make_cell_attack(cell.attack, seed)
     # white-box attacks ("gradients") query a score black box
     access: Literal["scores", "labels"] = "labels" if getattr(attack, "access", "scores") == "labels" else "scores"
-    bb = LocalBlackBox(defended, access=access, budget=cell.attack.budget, verify=cell.attack.verify)
+    a = cell.attack
+    bb = LocalBlackBox(defended, access=access, budget=a.budget, verify=a.verify,
+                       check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     res = attack.run(bb, x, y, progress=progress)
     elapsed = time.perf_counter() - t0
     didx = data.dataset_index[start:stop].tolist()
     labels = y.tolist()
     rows = tuple(
-        SampleRow(sample=start + i, dataset_index=int(didx[i]), label=int(labels[i]), clean_correct=bool(cc),
-                  success=bool(s), queries=int(q), linf=float(li), l2=float(l2))
-        for i, (cc, s, q, li, l2) in enumerate(zip(res.clean_correct.tolist(), res.success.tolist(),
-                                                   res.queries.tolist(), res.linf.tolist(), res.l2.tolist()))
+        SampleRow(sample=start + i, dataset_index=int(didx[i]), label=int(labels[i]),
+                  clean_correct=r["clean_correct"], success=r["success"], queries=r["queries"], linf=r["linf"],
+                  l2=r["l2"], checks=r["checks"], check_forwards=r["check_forwards"],
+                  claims=json.dumps(r["claims"]), p_wrong=r["p_wrong"], clean_p_wrong=r["clean_p_wrong"])
+        for i, r in enumerate(res.records())
     )
     info = ChunkInfo(chunk=task.chunk, seed=seed, n_samples=len(rows), queries=int(bb.queries.sum()),
-                     verification_forwards=int(bb.verification_forwards), elapsed_s=elapsed)
+                     verification_forwards=int(bb.verification_forwards), elapsed_s=elapsed,
+                     reevaluation_forwards=int(bb.reevaluation_forwards))
     return ChunkOutput(run_id=task.run_id, info=info, rows=rows)
 
 

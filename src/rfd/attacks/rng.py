@@ -1,0 +1,114 @@
+"""Per-sample random streams: every image of an attack draws from its own stream, so its draws do not depend on
+which other images are still being attacked.
+
+Why: a batched attack that draws ``torch.rand((B, ...), generator=gen)`` for its B *active* images hands image
+i a different draw as soon as another image finishes earlier or later, e.g. under another defense. With a stream
+per image, the t-th draw of image i is a function of (attack seed, i, t) only: two defenses of a study meet the
+same attack randomness on the same image until their answers differ (common random numbers, so comparisons
+between defenses are paired), whatever happens to the other images.
+
+The streams are counter based (SplitMix64 of seed, sample and counter, vectorized in int64 torch ops on the
+attack's device): no Python loop over images, no numpy, and the same numbers on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["RowDraws", "SampleStreams"]
+
+# SplitMix64 constants as signed int64 (torch has no uint64 arithmetic; int64 products wrap modulo 2^64).
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_M2 = -7723592293110705685  # 0x94D049BB133111EB
+_STREAM = 0x5851F42D4C957F2D  # odd multiplier separating the samples' streams
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (``>>`` is arithmetic for negative values)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
+
+
+class SampleStreams:
+    """One random stream per sample of an attack (``n`` samples, seeded by ``seed``).
+
+    Each call of :meth:`rows` for rows ``idx`` advances those samples' counters by one; the values of a call are
+    a function of (seed, sample, counter, element), so a sample's draws depend only on how many draws *it* made.
+    """
+
+    def __init__(self, n: int, seed: int, device: torch.device | str = "cpu") -> None:
+        dev = torch.device(device)
+        base = _mix(torch.tensor([seed], dtype=torch.int64) * _GOLDEN + 1)
+        self._key = _mix(base + torch.arange(n, dtype=torch.int64) * _STREAM).to(dev)
+        self._counter = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.device = dev
+
+    def rows(self, idx: torch.Tensor) -> RowDraws:
+        """Draws for samples ``idx`` (int64 (B,)); every method of the result is one draw of each row's stream."""
+        return RowDraws(self, idx)
+
+    def _bits(self, idx: torch.Tensor, per_row: int) -> torch.Tensor:
+        """int64 (B, per_row) of 64 random bits, then advance the rows' counters."""
+        ctr = self._counter[idx]
+        self._counter.index_add_(0, idx, torch.ones_like(idx))
+        # a distinct 64-bit input per (sample, counter, element): counter and element packed in 40 + 24 bits
+        elem = torch.arange(per_row, dtype=torch.int64, device=self.device)
+        z = self._key[idx, None] + (ctr[:, None] * (1 << 24) + elem[None, :] + 1) * _GOLDEN
+        return _mix(z)
+
+
+class RowDraws:
+    """Random tensors whose first dimension is the rows ``idx`` of a :class:`SampleStreams`."""
+
+    def __init__(self, streams: SampleStreams, idx: torch.Tensor) -> None:
+        if idx.dtype != torch.int64 or idx.dim() != 1:
+            raise ValueError(f"idx must be int64 (B,), got {idx.dtype} {tuple(idx.shape)}")
+        self.streams = streams
+        self.idx = idx
+
+    def _uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if not shape or shape[0] != self.idx.shape[0]:
+            raise ValueError(f"draw shape {shape} must start with the {self.idx.shape[0]} rows")
+        per = math.prod(shape[1:])
+        bits = self.streams._bits(self.idx, max(per, 1))[:, :per]
+        # the top 24 bits -> float32 in [0, 1) exactly representable
+        return (_shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))).view(shape)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) float32 of ``shape`` = (B, ...)."""
+        return self._uniform(tuple(shape))
+
+    def randint(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        """Uniform integers in [low, high) (int64) of ``shape`` = (B, ...); high - low < 2^24."""
+        if high <= low:
+            raise ValueError(f"randint needs high > low, got [{low}, {high})")
+        u = self._uniform(tuple(shape)).double()
+        return (low + torch.floor(u * (high - low))).long().clamp_(max=high - 1)
+
+    def signs(self, *shape: int) -> torch.Tensor:
+        """-1.0 or +1.0 with probability 1/2 each, float32 of ``shape`` = (B, ...)."""
+        return torch.where(self._uniform(tuple(shape)) < 0.5, -1.0, 1.0)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal float32 of ``shape`` = (B, ...) (Box-Muller on two uniforms of one draw)."""
+        shape_t = tuple(shape)
+        if not shape_t or shape_t[0] != self.idx.shape[0]:
+            raise ValueError(f"draw shape {shape_t} must start with the {self.idx.shape[0]} rows")
+        per = math.prod(shape_t[1:])
+        bits = self.streams._bits(self.idx, 2 * max(per, 1))
+        u = (_shr(bits, 11).double() + 0.5) * (1.0 / (1 << 53))  # (0, 1), never 0
+        u1, u2 = u[:, :per], u[:, per: 2 * per]
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+        return z.to(torch.float32).view(shape_t)
+
+    def subset(self, rows: torch.Tensor) -> RowDraws:
+        """Draws for a subset of these rows (``rows`` indexes into ``idx``: bool mask or int positions)."""
+        return RowDraws(self.streams, self.idx[rows])
