@@ -298,4 +298,4 @@ def test_paired_comparison_and_sanity_flags_on_a_hand_store(tmp_path: Path, caps
     assert "paper @ 1000" in out and "strict @ 1000" in out and "+25.0 points" in out
     assert main(["report", str(db), "--table", "robust"]) == 0
     out = capsys.readouterr().out
-    assert "calibration NOT converged" in out and "sanity: [lucky]" in out
+    assert "calibration NOT converged" in out and "lucky: runs 1, 2" in out and "rfd check" in out

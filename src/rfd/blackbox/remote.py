@@ -5,10 +5,11 @@ Accounting. The server charges every image it answers to the API key that sent i
 of the uncounted success checks (``is_adversarial``), which an attacker would not pay for in the paper's
 protocol. Two honest ways to square the counts:
 
-* one key: the server's count for it equals ``queries.sum() + verification_forwards`` of this black box
-  (``sent["attack"] + sent["verify"]``, both kept here);
-* a second "evaluator" key (``verify_api_key``): success checks go to that key, so the attacker's key is
-  charged exactly the attack's queries and the evaluator key exactly the verification forwards.
+* one key: the server's count for it equals ``queries.sum() + verification_forwards + reevaluation_forwards``
+  of this black box (``sent["attack"] + sent["verify"]``, both kept here);
+* a second "evaluator" key (``verify_api_key``): uncounted success checks and the final re-evaluation go to that
+  key, so the attacker's key is charged exactly the attack's queries (charged checks included, with
+  ``check="charged"``) and the evaluator key exactly the uncounted forwards.
 """
 
 from __future__ import annotations

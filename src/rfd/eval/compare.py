@@ -3,6 +3,7 @@ seeding), the per-image difference of their robustness with its interval, and Mc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +30,18 @@ class Comparison:
     b_value: Estimate
     difference: PairedDifference
     paired_draws: bool  # same attack settings, seeds drawn by attack and chunk only: the same attack draws
+    why_unpaired: str = ""  # when not paired: an older store's seeding, or two different attacks
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "a_label": self.a_label, "b_label": self.b_label,
                 "reading": self.reading, "budget": self.budget, "a_value": self.a_value.to_dict(),
                 "b_value": self.b_value.to_dict(), "difference": self.difference.to_dict(),
-                "paired_draws": self.paired_draws}
+                "paired_draws": self.paired_draws, "why_unpaired": self.why_unpaired}
 
     def text(self) -> str:
         d = self.difference
         p = "" if np.isnan(d.p_value) else f", McNemar exact p = {d.p_value:.3g} ({d.a_only} vs {d.b_only} discordant)"
-        warn = "" if self.paired_draws else " [attack draws NOT paired: a store from an older rfd]"
+        warn = "" if self.paired_draws else f" [attack draws not shared: {self.why_unpaired}]"
         return (f"{self.reading} @ {self.budget}: {self.a_label} {self.a_value.percent()} vs {self.b_label} "
                 f"{self.b_value.percent()}; difference {100 * d.difference:+.1f} points "
                 f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] on {d.n} images{p}{warn}")
@@ -49,7 +51,10 @@ def _label(res: Results, run_id: int) -> str:
     r = res.runs[res.runs.run_id == run_id].iloc[0]
     level = f" ≈{100 * r.target_drop:g}%" if r.target_drop == r.target_drop and r.target_drop is not None else ""
     where = f" @{r.layers}" if r.family == "feature" and r.layers not in ("", "penultimate") else ""
-    return f"#{run_id} {r.model} {r.method}{where}{level} {r.attack} k={r.verify}"
+    params = json.loads(r.params) if r.params else {}
+    extra = "".join(f" {k}={v}" for k, v in sorted(params.items())) + (f" M={r.eot}" if r.eot > 1 else "")
+    scaled = " (scaled)" if r.family == "feature" and r.scaled else ""
+    return f"#{run_id} {r.model} {r.method}{where}{scaled}{level} {r.attack}{extra} k={r.verify}"
 
 
 def compare_runs(res: Results, a: int, b: int, *, budget: int | None = None, reading: str = "strict",
@@ -78,9 +83,13 @@ def compare_runs(res: Results, a: int, b: int, *, budget: int | None = None, rea
                          "from before re-evaluation); compare with reading='paper'")
     from rfd.attacks.readings import robust_estimate
 
+    legacy = LEGACY_SEEDING in (ra.seeding, rb.seeding)
+    same_attack = all(ra[c] == rb[c] for c in ("attack_name", "norm", "eps", "eot", "budget", "params"))
+
     return Comparison(
         a=a, b=b, a_label=_label(res, a), b_label=_label(res, b), reading=reading, budget=bud,
         a_value=robust_estimate(va, reading), b_value=robust_estimate(vb, reading),
         difference=paired_difference(va, vb, seed=seed),
-        paired_draws=LEGACY_SEEDING not in (ra.seeding, rb.seeding)
-        and all(ra[c] == rb[c] for c in ("attack_name", "norm", "eps", "eot", "budget", "params")))
+        paired_draws=not legacy and same_attack,
+        why_unpaired=("a store from rfd 0.1 (attack seeds per run)" if legacy
+                      else "different attack settings (same images)" if not same_attack else ""))

@@ -180,23 +180,43 @@ def table15(scale: Scale) -> Study:
                   description="'lucky' attacks: success decided by a single forward (verify=1)")
 
 
-def honest(scale: Scale) -> Study:
-    """Where does feature noise beat input noise once lucky checks cannot decide? Input noise and feature noise
-    at the penultimate layer (2% and 4% drops) and at an earlier layer (plain and scaled, 2%), against Square and
-    SignHunt with the paper's 9-vote check, and Square with the strict check (100 votes as its stop rule). Every
-    defense meets the same attack draws (paired); tables show the paper and strict readings."""
+def _honest_for(model: str) -> Callable[[Scale], Study]:
+    """The honest sweep (:func:`honest`) of one reference model."""
+
+    def build(scale: Scale) -> Study:
+        return honest(scale, model=model)
+
+    return build
+
+
+# Earlier layers of the honest sweep per model (two at full scale, the deeper one at cpu scale): the middle and
+# the last block before the classifier's input, as in the per-layer presets.
+_HONEST_EARLY = {"fmnist-vgg": ("net.features.6", "net.features.10"), "fmnist-resnet": ("net.layer1", "net.layer2"),
+                 "fmnist-vit": ("net.blocks.2", "net.blocks.4")}
+
+
+def honest(scale: Scale, model: str = "fmnist-vgg") -> Study:
+    """Where does feature noise beat input noise once lucky checks cannot decide? On one reference model: input
+    noise and feature noise at the penultimate layer (cpu: 2%, 4% drops; full: 1%, 2%, 4%) and at earlier layers
+    (plain and scaled, 2%; cpu: one layer, full: two), against Square and SignHunt with the paper's 9-vote check,
+    Square with the strict check (100 votes as its stop rule) and NES with momentum and plateau decay (the
+    strongest adaptive variant of the ``adaptive`` preset); cpu: 100 images, 1000 queries; full: 200 images,
+    2000 queries. Every defense meets the same attack draws (paired); tables show the paper and strict readings.
+    Layer names differ between architectures, so each model is its own preset (honest, honest-resnet,
+    honest-vit)."""
     full = scale.name == "full"
-    models = REFERENCE_MODELS if full else ("fmnist-vgg",)
-    early = {"fmnist-vgg": "net.features.10", "fmnist-resnet": "net.layer2", "fmnist-vit": "net.blocks.2"}
     drops = (0.01, 0.02, 0.04) if full else (0.02, 0.04)
     defenses: list[DefenseSetting] = [_NONE, *_noise(drops)]
-    if len(models) == 1:  # layer names differ between architectures: the earlier layers only with one model
+    for layer in _HONEST_EARLY[model] if full else _HONEST_EARLY[model][-1:]:
         for scaled in (False, True):
-            defenses.append(DefenseSetting(family="feature", layers=(early[models[0]],), drop=0.02, scaled=scaled))
+            defenses.append(DefenseSetting(family="feature", layers=(layer,), drop=0.02, scaled=scaled))
     b = 2000 if full else scale.budget
     attacks = (AttackSetting(name="square", eps=0.05, budget=b), AttackSetting(name="signhunt", eps=0.05, budget=b),
-               AttackSetting(name="square", eps=0.05, budget=b, verify=100, label="square strict-check"))
-    return _study("honest", scale, _models(*models), tuple(defenses), attacks, n=200 if full else scale.n,
+               AttackSetting(name="square", eps=0.05, budget=b, verify=100, label="square strict-check"),
+               AttackSetting(name="nes", eps=0.05, budget=b, params=_freeze({"momentum": 0.9, "plateau_length": 5}),
+                             label="nes adaptive"))
+    name = "honest" if model == "fmnist-vgg" else f"honest-{model.removeprefix('fmnist-')}"
+    return _study(name, scale, _models(model), tuple(defenses), attacks, n=200 if full else scale.n,
                   checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
                   description="input vs feature noise under the paper and strict readings, paired draws")
 
@@ -230,6 +250,8 @@ PRESETS: dict[str, Preset] = {p.table: p for p in (
     Preset("9", "Table 9: l_2 attacks", "robust", table9),
     Preset("15", "Table 15: lucky attacks (verify=1)", "lucky", table15),
     Preset("honest", "Input vs feature noise under the strict reading (paired)", "robust", honest),
+    Preset("honest-resnet", "The honest sweep on fmnist-resnet", "robust", _honest_for("fmnist-resnet")),
+    Preset("honest-vit", "The honest sweep on fmnist-vit", "robust", _honest_for("fmnist-vit")),
     Preset("adaptive", "Adaptive attacks against stalled searches", "robust", adaptive),
 )}
 

@@ -1,5 +1,6 @@
 """Robust accuracy versus queries, from the results store: one panel per (model, attack), one line per
-method (defense and noise level), the reporting budgets marked on every line."""
+method (defense and noise level), the reporting budgets marked on every line; solid lines are the ``paper``
+reading, dashed lines of the same colour the ``strict`` reading (where the store has the re-evaluation)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def plot_robust_curves(res: Results, out: str | os.PathLike[str], *, budgets: Se
             name = f"{r.method_label} {r.level}".strip()
             ax.plot(grid, curve, color=colors[f"{r.method_label} {r.level}"], lw=1.8, drawstyle="steps-post",
                     label=f"{name} (Acc {100 * r.clean_acc:.1f})")
+            strict = 100 * robust_curve(s, grid, "strict")
+            if not np.isnan(strict).any():
+                ax.plot(grid, strict, color=colors[f"{r.method_label} {r.level}"], lw=1.3, ls="--",
+                        drawstyle="steps-post")
             cps = np.array([b for b in marks if b <= r.budget], dtype=np.int64)
             if len(cps):
                 ax.plot(cps, 100 * robust_curve(s, cps), "o", color=colors[f"{r.method_label} {r.level}"], ms=5)
@@ -69,7 +74,8 @@ def plot_robust_curves(res: Results, out: str | os.PathLike[str], *, budgets: Se
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title or "Robust accuracy vs queries (markers: reported budgets)", fontsize=12)
+    fig.suptitle(title or "Robust accuracy vs queries (solid: paper reading, dashed: strict; markers: reported "
+                 "budgets)", fontsize=12)
     fig.tight_layout()
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

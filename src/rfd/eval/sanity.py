@@ -6,7 +6,8 @@ accuracy says more about the evaluation than about the defense. Each flag says w
   unbroken (the search stalled; it was not beaten);
 * ``lucky``: the ``paper`` and ``strict`` readings differ by more than 5 points (lucky passes of the check);
 * ``calibration``: the noise level's calibration did not converge to its target drop;
-* ``unstable``: many clean images are classified differently across forwards (clean predictions unstable).
+* ``unstable``: clean predictions unstable across forwards: the majority vote hides more than 2 points of the
+  clean accuracy of one forward, or more than 20% of the clean images are misclassified in 10-90% of forwards.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ EARLY_QUERIES = 10  # "the first few queries"
 EARLY_SHARE = 0.5  # flag when more than this share of the successes came that early
 STALL_POINTS = 1.0  # flag when robust accuracy falls by less than this (points) from budget/10 to budget
 LUCKY_POINTS = 5.0  # flag when paper and strict differ by more than this (points)
-UNSTABLE_SHARE = 0.05  # flag when more than this share of clean images are misclassified in 10-90% of forwards
+# flag when the majority vote hides more than this many points of the clean accuracy of one forward, or when more
+# than UNSTABLE_SHARE of the clean images are misclassified in 10-90% of forwards
+UNSTABLE_POINTS = 2.0
+UNSTABLE_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ def sanity_flags(res: Results) -> list[SanityFlag]:
         cp = s.clean_p_wrong
         if not cp.isna().any():
             unstable = float(((cp > 0.1) & (cp < 0.9)).mean())
-            if unstable > UNSTABLE_SHARE:
+            gap = 100 * (float(s.clean_correct.mean()) - (1 - float(cp.mean())))
+            if unstable > UNSTABLE_SHARE or gap > UNSTABLE_POINTS:
                 out.append(SanityFlag(int(r.run_id), lab, "unstable",
                                       f"{100 * unstable:.0f}% of the clean images are misclassified in 10-90% of "
                                       "forwards (expected clean accuracy "

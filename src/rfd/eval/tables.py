@@ -231,7 +231,11 @@ def build_table(res: Results, kind: str, *, budgets: Sequence[int] | None = None
     table = fn(res, runs, bs, budget, rds)
     from rfd.eval.sanity import sanity_flags
 
-    table.notes.extend(f"sanity: {f.text()}" for f in sanity_flags(res))
+    flags = sanity_flags(res)
+    if flags:  # a count per flag here; every flag with its numbers and advice: rfd check
+        counts = {c: sum(f.code == c for f in flags) for c in dict.fromkeys(f.code for f in flags)}
+        table.notes.append("sanity flags (rfd check STORE lists each with what to try next): " + "; ".join(
+            f"{c}: runs {', '.join(str(f.run_id) for f in flags if f.code == c)}" for c in counts))
     return table
 
 
