@@ -120,3 +120,13 @@ def test_nes_directions_of_a_row_do_not_depend_on_the_other_rows() -> None:
     assert full.shape == (5, 6, 1, 4, 4) and part.shape == (5, 2, 1, 4, 4)
     assert torch.equal(full[:, [4, 1]], part)
     assert abs(float(full.mean())) < 0.2 and 0.8 < float(full.std()) < 1.2  # N(0, 1)
+
+
+def test_large_draws_are_split_but_stay_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rfd.attacks.rng as rng
+
+    monkeypatch.setattr(rng, "_PER_CALL", 8)  # force draws of 20 values per row into 3 sub-draws
+    a = rng.SampleStreams(3, 0).rows(torch.arange(3)).rand(3, 20)
+    b = rng.SampleStreams(3, 0).rows(torch.tensor([1])).rand(1, 20)
+    assert a.shape == (3, 20) and torch.equal(a[1], b[0])
+    assert len({tuple(r.tolist()) for r in a}) == 3 and bool((a >= 0).all() and (a < 1).all())

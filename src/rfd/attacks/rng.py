@@ -24,6 +24,7 @@ _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
 _M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _M2 = -7723592293110705685  # 0x94D049BB133111EB
 _STREAM = 0x5851F42D4C957F2D  # odd multiplier separating the samples' streams
+_PER_CALL = 1 << 23  # values per row and counter step (below the 24 bits the element index may use)
 
 
 def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,7 +57,11 @@ class SampleStreams:
         return RowDraws(self, idx)
 
     def _bits(self, idx: torch.Tensor, per_row: int) -> torch.Tensor:
-        """int64 (B, per_row) of 64 random bits, then advance the rows' counters."""
+        """int64 (B, per_row) of 64 random bits, then advance the rows' counters (once per 2^23 values: the
+        counter and the element index share one 64-bit input, 24 bits of it for the element)."""
+        if per_row > _PER_CALL:
+            parts = [self._bits(idx, min(_PER_CALL, per_row - j)) for j in range(0, per_row, _PER_CALL)]
+            return torch.cat(parts, 1)
         ctr = self._counter[idx]
         self._counter.index_add_(0, idx, torch.ones_like(idx))
         # a distinct 64-bit input per (sample, counter, element): counter and element packed in 40 + 24 bits
