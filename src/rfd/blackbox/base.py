@@ -175,32 +175,34 @@ class BlackBox(ABC):
         evaluator's key)."""
         return self._forward_labels(x)
 
+    def _wrong_counts(self, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+        """int64 (B,): how many of ``k`` fresh uncounted forwards do not predict ``y`` (all k, no early stop).
+        Several repeats go into one forward when the batch is small: fewer, larger forwards, same draws count."""
+        wrong = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        if x.shape[0] == 0:
+            return wrong
+        per = max(1, min(k, 256 // x.shape[0]))
+        done = 0
+        while done < k:
+            m = min(per, k - done)
+            lab = self._uncounted_labels(x.repeat(m, *([1] * (x.dim() - 1))))
+            wrong += (lab.view(m, x.shape[0]) != y.unsqueeze(0)).long().sum(0)
+            done += m
+        return wrong
+
     def misclassified_votes(self, x: torch.Tensor, y: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """int64 (B,): how many of ``k`` (default ``verify``) forwards do not predict ``y``. Not charged."""
         k = self.verify if k is None else k
-        wrong = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        for _ in range(k):
-            wrong += (self._uncounted_labels(x) != y).long()
+        wrong = self._wrong_counts(x, y, k)
         self.verification_forwards += k * x.shape[0]
         return wrong
 
     def reevaluate_wrong(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """float64 (B,): the fraction of ``reevaluate`` fresh forwards that misclassify ``x`` (uncounted,
         all R forwards: this is a rate, not a vote). Batched over images and repeats."""
-        r = self.reevaluate
-        wrong = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        if x.shape[0] == 0:
-            return wrong.double()
-        # Several repeats per forward when the batch is small: fewer, larger forwards, same count of draws.
-        per = max(1, min(r, 256 // max(1, x.shape[0])))
-        done = 0
-        while done < r:
-            m = min(per, r - done)
-            lab = self._uncounted_labels(x.repeat(m, *([1] * (x.dim() - 1))))
-            wrong += (lab.view(m, x.shape[0]) != y.unsqueeze(0)).long().sum(0)
-            done += m
-        self.reevaluation_forwards += r * x.shape[0]
-        return wrong.double() / r
+        wrong = self._wrong_counts(x, y, self.reevaluate)
+        self.reevaluation_forwards += self.reevaluate * x.shape[0]
+        return wrong.double() / self.reevaluate
 
     def majority_wrong(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None, *,
                        k: int | None = None) -> torch.Tensor:

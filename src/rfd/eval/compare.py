@@ -3,14 +3,13 @@ seeding), the per-image difference of their robustness with its interval, and Mc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rfd.attacks.readings import check_reading
-from rfd.eval.results import LEGACY_SEEDING, Results, sample_values
+from rfd.eval.results import LEGACY_SEEDING, Results, run_label, sample_values
 from rfd.stats import Estimate, PairedDifference, paired_difference
 
 __all__ = ["Comparison", "compare_runs"]
@@ -47,16 +46,6 @@ class Comparison:
                 f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] on {d.n} images{p}{warn}")
 
 
-def _label(res: Results, run_id: int) -> str:
-    r = res.runs[res.runs.run_id == run_id].iloc[0]
-    level = f" ≈{100 * r.target_drop:g}%" if r.target_drop == r.target_drop and r.target_drop is not None else ""
-    where = f" @{r.layers}" if r.family == "feature" and r.layers not in ("", "penultimate") else ""
-    params = json.loads(r.params) if r.params else {}
-    extra = "".join(f" {k}={v}" for k, v in sorted(params.items())) + (f" M={r.eot}" if r.eot > 1 else "")
-    scaled = " (scaled)" if r.family == "feature" and r.scaled else ""
-    return f"#{run_id} {r.model} {r.method}{where}{scaled}{level} {r.attack}{extra} k={r.verify}"
-
-
 def compare_runs(res: Results, a: int, b: int, *, budget: int | None = None, reading: str = "strict",
                  seed: int = 0) -> Comparison:
     """Paired comparison of runs ``a`` and ``b`` (run ids) at ``budget`` (default: the smaller run budget)."""
@@ -87,7 +76,7 @@ def compare_runs(res: Results, a: int, b: int, *, budget: int | None = None, rea
     same_attack = all(ra[c] == rb[c] for c in ("attack_name", "norm", "eps", "eot", "budget", "params"))
 
     return Comparison(
-        a=a, b=b, a_label=_label(res, a), b_label=_label(res, b), reading=reading, budget=bud,
+        a=a, b=b, a_label=run_label(ra), b_label=run_label(rb), reading=reading, budget=bud,
         a_value=robust_estimate(va, reading), b_value=robust_estimate(vb, reading),
         difference=paired_difference(va, vb, seed=seed),
         paired_draws=not legacy and same_attack,

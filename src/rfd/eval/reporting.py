@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfd.eval.compare import Comparison
+from rfd.eval.compare import Comparison, compare_runs
 from rfd.eval.results import Results, load_results
 from rfd.eval.tables import build_table, render
 
@@ -44,8 +44,6 @@ def raw_rows(res: Results) -> pd.DataFrame:
 def paired_comparisons(res: Results, readings: Sequence[str] = ("paper", "strict")) -> list[Comparison]:
     """Feature minus input noise for every (model, attack, check, noise level) that has both, under each reading
     whose values are known, at the runs' full budget."""
-    from rfd.eval.compare import compare_runs
-
     runs = res.runs[res.runs.family.isin(["feature", "input"])]
     keys = ["model", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "params",
             "target_drop", "sigma_fixed"]

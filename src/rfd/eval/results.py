@@ -5,6 +5,7 @@ computed from the per-sample query counts and re-evaluations."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -15,8 +16,8 @@ from rfd.attacks.readings import robust_estimate, robust_values
 from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
 from rfd.stats import Estimate
 
-__all__ = ["Results", "default_budgets", "load_results", "robust_accuracy", "robust_curve", "robust_estimate_of",
-           "sample_values"]
+__all__ = ["Results", "default_budgets", "level_label", "load_results", "robust_accuracy", "robust_curve",
+           "robust_estimate_of", "run_label", "sample_values"]
 
 LEGACY_SEEDING = "per-run (rfd 0.1)"  # attack seeds derived from the whole run key: defenses not paired
 
@@ -87,6 +88,30 @@ def load_results(db: str | os.PathLike[str]) -> Results:
         runs_df["clean_acc_expected"] = pd.Series(dtype=float)
     budgets = sorted({int(b) for s in studies.values() for b in s.get("checkpoints", [])})
     return Results(runs_df, samples, budgets)
+
+
+def level_label(drop: float | None, sigma_fixed: float | None) -> str:
+    """A defense's noise level as tables show it: ``≈2%`` (a target drop), ``σ=0.5`` (a fixed sigma) or ``""``."""
+    if drop is not None and not (isinstance(drop, float) and math.isnan(drop)):
+        return f"≈{100 * drop:g}%"
+    if sigma_fixed is not None and not (isinstance(sigma_fixed, float) and math.isnan(sigma_fixed)):
+        return f"σ={sigma_fixed:g}"
+    return ""
+
+
+def run_label(r: pd.Series, *, with_id: bool = True) -> str:
+    """One line naming a run (a row of ``Results.runs``) with every setting that tells it from its neighbours:
+    ``#5 fmnist-vgg Feature @net.features.10 (scaled) ≈2% square resample=3 k=9`` (without ``#5`` when
+    ``with_id`` is False)."""
+    where = f" @{r.layers}" if r.family == "feature" and r.layers not in ("", "penultimate") else ""
+    scaled = " (scaled)" if r.family == "feature" and r.scaled else ""
+    level = level_label(r.target_drop, r.sigma_fixed)
+    params = json.loads(r.params) if r.params else {}
+    extra = "".join(f" {k}={v}" for k, v in sorted(params.items()))
+    extra += (f" M={r.eot}" if r.eot > 1 else "") + (f" {r.norm}" if r.norm != "linf" else "")
+    head = f"#{r.run_id} " if with_id else ""
+    return (f"{head}{r.model} {r.method}{where}{scaled}{' ' + level if level else ''} {r.attack}{extra} "
+            f"k={r.verify}")
 
 
 def sample_values(samples: pd.DataFrame, budget: int, reading: str = "paper") -> np.ndarray:

@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 
-from rfd.eval.results import Results, robust_accuracy
+from rfd.eval.results import Results, robust_accuracy, run_label
 
 __all__ = ["FLAG_CODES", "SanityFlag", "sanity_flags"]
 
@@ -47,11 +46,6 @@ class SanityFlag:
         return asdict(self)
 
 
-def _label(r: pd.Series) -> str:
-    level = f" ≈{100 * r.target_drop:g}%" if isinstance(r.target_drop, float) and r.target_drop == r.target_drop else ""
-    return f"{r.model} / {r.method}{level} / {r.attack} {r.norm} k={r.verify}"
-
-
 def sanity_flags(res: Results) -> list[SanityFlag]:
     """Every flag raised by any run of ``res`` (in run order)."""
     out: list[SanityFlag] = []
@@ -60,7 +54,7 @@ def sanity_flags(res: Results) -> list[SanityFlag]:
         s = by_run.get(r.run_id)
         if s is None or len(s) == 0:
             continue
-        lab = _label(r)
+        lab = run_label(r, with_id=False)
         broken = s[s.success & s.clean_correct]
         budget = int(r.budget)
         if len(broken) >= 5 and r.family != "none":  # a deterministic model's early success is real

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from rfd.attacks.readings import check_reading
-from rfd.eval.results import LEGACY_SEEDING, Results, default_budgets, robust_estimate_of
+from rfd.eval.results import LEGACY_SEEDING, Results, default_budgets, level_label, robust_estimate_of
 from rfd.stats import Estimate
 
 __all__ = [
@@ -77,14 +77,6 @@ def resolve_kind(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- labelling
-def _level(drop: float | None, sigma_fixed: float | None) -> str:
-    if drop is not None and not (isinstance(drop, float) and math.isnan(drop)):
-        return f"≈{100 * drop:g}%"
-    if sigma_fixed is not None and not (isinstance(sigma_fixed, float) and math.isnan(sigma_fixed)):
-        return f"σ={sigma_fixed:g}"
-    return ""
-
-
 def _params_text(params: str, keys: Sequence[str] | None = None) -> str:
     d = json.loads(params)
     return ", ".join(f"{k}={d[k]}" for k in sorted(d) if keys is None or k in keys)
@@ -94,7 +86,7 @@ def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Add ``level``, ``method_label`` and ``attack_label``: the settings that vary within the table are
     appended, so two different runs never share a cell."""
     runs = runs.copy()
-    runs["level"] = [_level(d, s) for d, s in zip(runs.target_drop, runs.sigma_fixed)]
+    runs["level"] = [level_label(d, s) for d, s in zip(runs.target_drop, runs.sigma_fixed)]
     method = runs.method.copy()
     for fam, g in runs.groupby("family"):
         if g.layers.nunique() > 1 and fam == "feature":

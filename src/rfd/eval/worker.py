@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from rfd.eval.resources import EvalData, build_model, load_eval_data
-from rfd.eval.seeds import derive_seed
-from rfd.eval.store import ChunkInfo, SampleRow
+from rfd.eval.seeds import content_key, derive_seed
+from rfd.eval.store import ChunkInfo, SampleRow, canonical
 from rfd.eval.study import AttackSetting, Cell, DefenseSetting, ModelSpec, Study, _thaw, expand_cells
 
 __all__ = [
@@ -73,10 +73,8 @@ _CHECK_FIELDS = ("verify", "check", "reevaluate", "label")
 
 def attack_seed_key(setting: AttackSetting) -> str:
     """What an attack's seed depends on: its name and settings, not the check, the defense or the model."""
-    from rfd.eval.seeds import content_key
-
     d = {k: v for k, v in setting.to_dict().items() if k not in _CHECK_FIELDS}
-    return content_key(json.dumps(d, sort_keys=True, separators=(",", ":"), default=str))
+    return content_key(canonical(d))
 
 
 @dataclass(frozen=True)
