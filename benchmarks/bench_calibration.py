@@ -13,12 +13,12 @@ classifier stands in so that the script itself is still exercised.
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import sys
 import time
 
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from rfd.data.bundled import load_bundled
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("feature", "input"):
             for drop in drops:
                 t0 = time.perf_counter()
-                res = calibrate(model, DefenseSpec(kind=kind), drop, calib.images, calib.labels, draws=draws,
-                                seed=0, batch_size=500)
+                res = calibrate(model, DefenseSpec(family=kind, drop=drop), calib.images, calib.labels,
+                                draws=draws, seed=0, batch_size=500)
                 seconds = time.perf_counter() - t0
-                with torch.no_grad(), defend(model, res.spec.replace(seed=1)) as d:
+                with torch.no_grad(), defend(model, res.spec, seed=1) as d:
                     acc_eval = correct_counts(d, ev.images, ev.labels, draws=draws, batch_size=500)
                 acc_eval_mean = float(acc_eval.double().mean())
                 row = {

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     n, budget = (20, 100) if args.quick else (60, 1000)
     model = create_model(MODEL)
     calib, ev = load_bundled("calib"), load_bundled("eval")
-    cal = calibrate(model, DefenseSpec(kind="feature", layers=("penultimate",)), 0.02, calib.images, calib.labels,
+    cal = calibrate(model, DefenseSpec(family="feature", drop=0.02), calib.images, calib.labels,
                     draws=5, tol=0.002, seed=0)
     idx = balanced_indices(ev.labels, n, seed=0)
     x, y = ev.images[idx], ev.labels[idx]

@@ -11,13 +11,13 @@ timed with random weights (reported as such).
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import statistics
 import sys
 import time
 
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 
 from rfd.data.bundled import load_bundled
 from rfd.defenses import DefenseSpec, defend
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, hidden in MODELS.items():
         model, weights = _model(name)
         specs = {
-            "feature (penultimate)": DefenseSpec(kind="feature", sigma=0.1, layers=("penultimate",)),
-            f"feature ({hidden})": DefenseSpec(kind="feature", sigma=0.1, layers=(hidden,)),
-            "input": DefenseSpec(kind="input", sigma=0.05),
-            "logits": DefenseSpec(kind="logits", sigma=0.1),
-            "aaa": DefenseSpec(kind="aaa"),
+            "feature (penultimate)": DefenseSpec(family="feature", sigma=0.1, layers=("penultimate",)),
+            f"feature ({hidden})": DefenseSpec(family="feature", sigma=0.1, layers=(hidden,)),
+            "input": DefenseSpec(family="input", sigma=0.05),
+            "logits": DefenseSpec(family="logits", sigma=0.1),
+            "aaa": DefenseSpec(family="aaa"),
         }
         for b in batches:
             x = images[:b].contiguous()
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 with defend(model, spec) as d:
                     m = measure(model, d, x, reps[b])
                 row = {"model": name, "weights": weights, "batch": b, "defense": label, **m}
-                if spec.kind in ("feature", "input"):
+                if spec.family in ("feature", "input"):
                     row["meets_goal"] = m["ratio"] <= GOAL
                 rows.append(row)
                 print(f"{name:14s} batch {b:5d} {label:26s} ratio {m['ratio']:.3f} "

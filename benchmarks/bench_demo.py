@@ -11,15 +11,14 @@ what planning, storing, progress and the report cost on top of the computation (
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 
 GOAL_S = 600.0
 GOAL_OVERHEAD = 1.05
@@ -33,29 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="local worker processes (default: the demo's, one per core)")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
-    from rfd.eval.demo import default_workers, demo_requirements, run_demo
+    from rfd.eval.demo import default_workers, run_demo
+    from rfd.eval.store import ResultStore
 
     workers = args.workers or default_workers("cpu")
     if args.threads and workers == 1:
         torch.set_num_threads(args.threads)
 
-    missing = demo_requirements()
-    if missing:
-        print("cannot run: " + "; ".join(missing), file=sys.stderr)
-        return 2
     n, budget = (20, 100) if args.quick else (200, 1000)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = run_demo(Path(tmp) / "demo", n=n, budget=budget, progress=False, workers=workers,
                        threads=args.threads if workers > 1 else None)
         total = time.perf_counter() - t0
-        with sqlite3.connect(res.paths["db"]) as c:
-            cal = c.execute("SELECT COALESCE(SUM(json_extract(record, '$.elapsed_s')), 0), "
-                            "COALESCE(SUM(json_extract(record, '$.forwards')), 0) FROM calibrations").fetchone()
-            cells = c.execute(
-                "SELECT json_extract(r.config, '$.identity.defense.family'), json_extract(r.config, "
-                "'$.identity.attack.name'), SUM(k.elapsed_s), SUM(k.queries), SUM(k.verification_forwards) "
-                "FROM chunks k JOIN runs r USING (run_id) GROUP BY r.run_id ORDER BY r.run_id").fetchall()
+        with ResultStore(res.paths["db"]) as store:
+            cals = store.calibrations()
+            cal = (sum(float(c.get("elapsed_s", 0.0)) for c in cals), sum(int(c.get("forwards", 0)) for c in cals))
+            cells = []
+            for r in store.runs():
+                info = store.chunk_info(r["run_id"])
+                ident = r["config"]["identity"]
+                cells.append((ident["defense"]["family"], ident["attack"]["name"], sum(i.elapsed_s for i in info),
+                              sum(i.queries for i in info), sum(i.verification_forwards for i in info)))
     attack_s = sum(c[2] for c in cells)
     compute_s = float(cal[0]) + attack_s
     forwards = int(cal[1]) + sum(int(c[3]) + int(c[4]) for c in cells)

@@ -14,7 +14,6 @@ Timing does not depend on the weights: without the trained checkpoint random wei
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import asyncio
 import json
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 
 from rfd.blackbox.remote import encode_float32
 from rfd.data.bundled import load_bundled
@@ -62,7 +62,7 @@ def in_process(ckpt: Path | None, x: torch.Tensor, seconds: float) -> dict[str, 
     """Images/s of the defended model's forward at batch x.shape[0], one thread, no HTTP."""
     model = create_model(MODEL, checkpoint=ckpt) if ckpt is not None else create_model(MODEL)
     times = []
-    with defend(model, DefenseSpec(kind="feature", sigma=SIGMA)) as d, torch.no_grad():
+    with defend(model, DefenseSpec(family="feature", sigma=SIGMA)) as d, torch.no_grad():
         for _ in range(3):
             d(x)
         t_end = time.perf_counter() + seconds

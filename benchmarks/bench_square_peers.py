@@ -27,7 +27,6 @@ checkpoint the model has random weights and the labels are its predictions (numb
 
 from __future__ import annotations
 
-from _result import write_result  # benchmarks/ is on sys.path when a script runs
 import argparse
 import hashlib
 import random
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _result import write_result  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from rfd.attacks import make_attack

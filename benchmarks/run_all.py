@@ -56,8 +56,8 @@ def write_markdown(quick: bool) -> None:
         + (" (small sizes: these check that every script works; the goals are judged at full size)." if quick else ".")
         + " Each result's `quick` field says at which size it was measured (a full-size result can come from"
         " `python benchmarks/run_all.py --only NAME`).",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}, "
-        "CPU only. Ratios are measured within one run; absolute times vary with machine load.",
+        (f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}, "
+         "CPU only. Ratios are measured within one run; absolute times vary with machine load."),
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):

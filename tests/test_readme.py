@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _setup_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     block = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(?:bash|sh)\n(.*?)\n```", block, flags=re.S)
+    return re.findall(r"```(?:bash|sh)\n(.*?)\n```", block, flags=re.DOTALL)
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:

@@ -329,7 +329,6 @@ def test_candidate_layers_of_reference_models(name: str, expected: list[str]) ->
     ("resnet10t", {}, ["net.act1", "net.layer1", "net.layer2", "net.layer3", "net.layer4"]),
 ])
 def test_candidate_layers_of_tiny_timm_models(name: str, kwargs: dict, must: list[str]) -> None:
-    pytest.importorskip("timm")
     from rfd.models.timm_adapter import create_timm_classifier
 
     model = create_timm_classifier(name, num_classes=10, **kwargs).eval()  # random weights, no download

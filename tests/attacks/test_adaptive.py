@@ -6,8 +6,6 @@ models, and the effect each option exists for, measured on the noise-free margin
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +18,8 @@ from rfd.attacks.rng import SampleStreams
 from rfd.attacks.signhunt import SignHuntConfig
 from rfd.attacks.square import SquareConfig, linf_init
 from rfd.blackbox import LocalBlackBox, ThreatModel
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_score import Counting  # the score tests' counting wrapper
-from test_attacks_score import TinyCNN as NoisyCNN  # noise > 0: fresh feature noise per forward
+from tests.helpers.models import Counting  # the score tests' counting wrapper
+from tests.helpers.models import TinyCNN as NoisyCNN  # noise > 0: fresh feature noise per forward
 
 EPS = {"linf": 0.05, "l2": 0.5}
 NES_ADAPTIVE = {"momentum": 0.9, "plateau_length": 3, "plateau_drop": 2.0}

@@ -19,6 +19,7 @@ from rfd.attacks.result import AttackResult
 from rfd.attacks.signflip import SignFlip
 from rfd.blackbox.local import LocalBlackBox
 from rfd.blackbox.threat import BALL_TOL
+from tests.helpers.models import tiny_cnn
 
 # (attack class, norm, eps that the tiny CNN partly resists)
 CASES = [(RayS, "linf", 0.05), (SignFlip, "linf", 0.05), (HopSkipJump, "linf", 0.05), (HopSkipJump, "l2", 0.5)]
@@ -63,15 +64,6 @@ class VerificationLog(LocalBlackBox):
         if threat is not None:
             self.log.append((x.clone(), ok.clone()))
         return ok
-
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    """A random 10-class CNN on 1x8x8 images (decision regions irregular enough to exercise the searches)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)).eval()
-    with torch.no_grad():
-        net[3].weight.mul_(20.0)  # logit gaps of order 1 instead of 0.05, so mild noise rarely flips clean images
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +273,7 @@ def test_aaa_gives_label_attacks_exactly_the_undefended_answers(cnn_data, cls) -
     model, x, y = cnn_data
     x, y = x[2:8], y[2:8]
     plain = cls(eps=0.05, budget=100, seed=4).run(LocalBlackBox(model, access="labels", budget=100), x, y)
-    with defend(model, DefenseSpec(kind="aaa")) as aaa:
+    with defend(model, DefenseSpec(family="aaa")) as aaa:
         defended = cls(eps=0.05, budget=100, seed=4).run(LocalBlackBox(aaa, access="labels", budget=100), x, y)
     assert plain.success.any()
     assert torch.equal(plain.success, defended.success) and torch.equal(plain.queries, defended.queries)
@@ -367,15 +359,11 @@ SLOW_ATTACKS = {"rays": RayS, "signflip": SignFlip}
 
 
 @pytest.fixture(scope="module")
-def vgg_case(bundled_eval):  # type: ignore[no-untyped-def]
+def vgg_case(bundled_eval, reference_model):  # type: ignore[no-untyped-def]
     from rfd.data.selection import balanced_indices
-    from rfd.models.registry import create_model, get_entry
 
-    path = get_entry("fmnist-vgg").checkpoint_path()
-    if path is None or not path.is_file():
-        pytest.skip(f"reference checkpoint absent: {path}")
     sel = balanced_indices(bundled_eval.labels, SLOW_N, seed=0)
-    return create_model("fmnist-vgg"), bundled_eval.images[sel], bundled_eval.labels[sel]
+    return reference_model("fmnist-vgg"), bundled_eval.images[sel], bundled_eval.labels[sel]
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +402,7 @@ def test_reference_vgg_aaa_does_not_help(vgg_case, name) -> None:  # type: ignor
     budget = 300
     attack = SLOW_ATTACKS[name](eps=SLOW_EPS, budget=budget)
     plain = attack.run(LocalBlackBox(model, access="labels", budget=budget), x, y)
-    with defend(model, DefenseSpec(kind="aaa")) as aaa:
+    with defend(model, DefenseSpec(family="aaa")) as aaa:
         r = attack.run(LocalBlackBox(aaa, access="labels", budget=budget), x, y)
     assert plain.success.any()
     assert torch.equal(r.success, plain.success) and torch.equal(r.queries, plain.queries)
@@ -435,7 +423,7 @@ def test_reference_vgg_noise_defense_helps(vgg_case, undefended_runs, bundled_ca
     model, x, y = vgg_case
     budget = 1000
     csel = balanced_indices(bundled_calib.labels, 200, seed=0)
-    cal = calibrate(model, DefenseSpec(kind=kind, seed=0), 0.02, bundled_calib.images[csel],
+    cal = calibrate(model, DefenseSpec(family=kind, drop=0.02), bundled_calib.images[csel],
                     bundled_calib.labels[csel], draws=4, tol=0.005)
     with defend(model, cal.spec) as noisy:
         r = SLOW_ATTACKS[name](eps=SLOW_EPS, budget=budget).run(LocalBlackBox(noisy, access="labels", budget=budget),

@@ -123,7 +123,7 @@ def test_nes_directions_of_a_row_do_not_depend_on_the_other_rows() -> None:
 
 
 def test_large_draws_are_split_but_stay_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rfd.attacks.rng as rng
+    from rfd.attacks import rng
 
     monkeypatch.setattr(rng, "_PER_CALL", 8)  # force draws of 20 values per row into 3 sub-draws
     a = rng.SampleStreams(3, 0).rows(torch.arange(3)).rand(3, 20)

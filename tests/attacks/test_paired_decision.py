@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from test_attacks_decision import tiny_cnn
 
 from rfd.attacks import hsja as hsja_module
 from rfd.attacks.base import Attack
@@ -24,6 +23,7 @@ from rfd.attacks.rng import SampleStreams
 from rfd.attacks.signflip import SignFlip
 from rfd.attacks.whitebox import random_start
 from rfd.blackbox.local import LocalBlackBox
+from tests.helpers.models import tiny_cnn
 
 N = 10
 WRONG = [1, 6]  # positions given a wrong label in the second batch: misclassified, never attacked

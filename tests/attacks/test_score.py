@@ -3,18 +3,16 @@ success only, EOT, determinism, known answers on a linear model, and (slow) the 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
 from rfd.attacks import AttackResult, make_attack
-from rfd.attacks.nes import NESAttack, NESConfig, nes_gradient
+from rfd.attacks.nes import NES, NESConfig, nes_gradient
 from rfd.attacks.rng import RowDraws, SampleStreams
 from rfd.attacks.signhunt import SignHunt, chunk_bounds
 from rfd.attacks.square import (
-    SquareAttack,
+    Square,
     SquareConfig,
     l2_init,
     l2_proposal,
@@ -26,49 +24,14 @@ from rfd.attacks.square import (
     p_schedule,
 )
 from rfd.blackbox import LocalBlackBox, ThreatModel
+from tests.helpers.models import Counting, TinyCNN
 
 ATTACKS = ["square", "nes", "signhunt"]
 NORMS = ["linf", "l2"]
 EPS = {"linf": 0.05, "l2": 0.5}
 
 
-# -- tiny models ------------------------------------------------------------------------------------------------
-class TinyCNN(nn.Module):
-    """Seeded random conv net; ``noise`` > 0 adds fresh Gaussian noise to the hidden feature on every forward,
-    from its own seeded generator (a stand-in for the randomized feature defense)."""
-
-    def __init__(self, channels: int, size: int, classes: int, seed: int, noise: float = 0.0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
-        self.fc = nn.Linear(6 * (size // 2) ** 2, classes)
-        self.noise = noise
-        self.gen = torch.Generator().manual_seed(seed + 1)
-        self.num_classes = classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(nn.functional.max_pool2d(self.conv(x), 2)).flatten(1)
-        if self.noise:
-            h = h + self.noise * torch.randn(h.shape, generator=self.gen)
-        return self.fc(h)
-
-
-class Counting(nn.Module):
-    """Counts every row forwarded to the wrapped model and records the range of all inputs it saw."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-        self.lo, self.hi = math.inf, -math.inf
-        self.num_classes = getattr(model, "num_classes", None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
-        return self.model(x)
-
-
+# -- tiny models (TinyCNN, Counting: tests/helpers/models.py) --------------------------------------------
 def _tiny_case(kind: str, linear_model: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(model, images, labels): labels are the model's clean predictions except the last one (misclassified)."""
     g = torch.Generator().manual_seed(7)
@@ -372,10 +335,10 @@ def test_chunk_bounds() -> None:
 # -- configs and registry ------------------------------------------------------------------------------------------
 def test_paper_defaults_and_config_validation() -> None:
     sq = make_attack("square", norm="l2", eps=1.0)
-    assert isinstance(sq, SquareAttack) and isinstance(sq.config, SquareConfig) and sq.config.initial_p == 0.1
+    assert isinstance(sq, Square) and isinstance(sq.config, SquareConfig) and sq.config.initial_p == 0.1
     assert SquareConfig(norm="linf").initial_p == 0.05
     nes = make_attack("nes", norm="linf")
-    assert isinstance(nes, NESAttack) and isinstance(nes.config, NESConfig)
+    assert isinstance(nes, NES) and isinstance(nes.config, NESConfig)
     assert (nes.config.n_samples, nes.config.sigma, nes.config.step) == (60, 0.01, 0.005)
     assert (NESConfig(norm="l2").n_samples, NESConfig(norm="l2").sigma, NESConfig(norm="l2").step) == (30, 0.005, 1.0)
     sh = make_attack("signhunt", eps=0.03)
@@ -388,29 +351,25 @@ def test_paper_defaults_and_config_validation() -> None:
         make_attack("signhunt", probe=-1.0)
     with pytest.raises(ValueError, match="eot"):
         make_attack("square", eot=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="Square: unknown setting 'samples'.*valid settings .*p_init"):
         make_attack("square", samples=10)  # a NES setting is not a Square setting
 
 
 # -- the paper's effect on the reference model (slow) -----------------------------------------------------------------
 @pytest.mark.slow
-def test_square_breaks_undefended_fmnist_vgg_far_more_often_than_feature_defended(bundled_eval, bundled_calib) -> None:
+def test_square_breaks_undefended_fmnist_vgg_far_more_often_than_feature_defended(  # type: ignore[no-untyped-def]
+        bundled_eval, bundled_calib, reference_model) -> None:
     # About 2-3 minutes on one CPU core: calibration (500 calib images, 4 noise draws per sigma), then Square l_inf
     # eps 0.05 with 500 queries on 50 eval images, undefended and defended.
-    from rfd.models import create_model, get_entry
-
-    path = get_entry("fmnist-vgg").checkpoint_path()
-    if path is None or not path.is_file():
-        pytest.skip(f"reference checkpoint {path} not present")
     from rfd.data.selection import balanced_indices
     from rfd.defenses import DefenseSpec, calibrate, defend
 
-    model = create_model("fmnist-vgg")
+    model = reference_model("fmnist-vgg")
     sel = balanced_indices(bundled_eval.labels, 50, seed=0)
     x, y = bundled_eval.images[sel], bundled_eval.labels[sel]
     cal_sel = balanced_indices(bundled_calib.labels, 500, seed=0)
-    spec = DefenseSpec(kind="feature", layers=("penultimate",), seed=0)
-    cal = calibrate(model, spec, 0.02, bundled_calib.images[cal_sel], bundled_calib.labels[cal_sel], draws=4,
+    spec = DefenseSpec(family="feature", layers=("penultimate",), drop=0.02)
+    cal = calibrate(model, spec, bundled_calib.images[cal_sel], bundled_calib.labels[cal_sel], draws=4,
                     tol=0.005)
     budget = 500
     base, _, _ = _run("square", model, x, y, norm="linf", eps=0.05, budget=budget, verify=9)

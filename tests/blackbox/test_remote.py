@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
 
 from rfd.attacks import make_attack
 from rfd.blackbox import LocalBlackBox
 from rfd.blackbox.remote import RemoteBlackBox, RemoteError
 from rfd.defenses import DefenseSpec, defend
-from rfd.models.classifier import ImageClassifier
 from rfd.serve import BackgroundServer, KeyRing, ModelInfo, ServeConfig, create_app
+from tests.helpers.models import SERVED_CLASSES as K
+from tests.helpers.models import SERVED_SHAPE as SHAPE
+from tests.helpers.models import served_mlp as tiny_model  # a small untrained MLP, 1x8x8 images, 4 classes
 
-SHAPE = (1, 8, 8)
-K = 4
 KEYS = {
     "k-attacker": {"name": "attacker"},
     "k-evaluator": {"name": "evaluator"},
@@ -30,12 +26,6 @@ KEYS = {
     "k-limited": {"name": "limited", "per_second": 6},
     "k-minute": {"name": "minute", "per_minute": 6},
 }
-
-
-def tiny_model(seed: int = 0) -> ImageClassifier:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, K))
-    return ImageClassifier(net, mean=(0.5,), std=(0.25,), input_shape=SHAPE, num_classes=K, head="3").eval()
 
 
 def data(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +53,7 @@ def serve(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     started: list[Served] = []
 
     def start(spec: DefenseSpec | None = None, **config) -> Served:  # type: ignore[no-untyped-def]
-        s = Served(tmp_path, spec or DefenseSpec(kind="none"), ServeConfig(**{"max_batch": 64, **config}))
+        s = Served(tmp_path, spec or DefenseSpec(family="none"), ServeConfig(**{"max_batch": 64, **config}))
         started.append(s)
         return s
 
@@ -105,7 +95,7 @@ def test_square_attack_same_result_remote_and_local(serve):  # type: ignore[no-u
 
 @pytest.mark.parametrize("evaluator", [False, True], ids=["one-key", "evaluator-key"])
 def test_server_count_equals_attack_accounting(serve, evaluator):  # type: ignore[no-untyped-def]
-    srv = serve(spec=DefenseSpec(kind="feature", sigma=0.3, seed=0))
+    srv = serve(spec=DefenseSpec(family="feature", sigma=0.3))
     x, y = data()
     attack = make_attack("square", norm="linf", eps=0.1, budget=30, seed=1, eot=2)
     with RemoteBlackBox(srv.url, "k-attacker", verify=5,
@@ -125,13 +115,13 @@ def test_server_count_equals_attack_accounting(serve, evaluator):  # type: ignor
 
 
 def test_decision_attack_on_a_label_only_server(serve):  # type: ignore[no-untyped-def]
-    srv = serve(spec=DefenseSpec(kind="input", sigma=0.02, seed=0), output="label")
+    srv = serve(spec=DefenseSpec(family="input", sigma=0.02), output="label")
     x, y = data(4)
     with pytest.raises(ValueError, match="labels only"):
         RemoteBlackBox(srv.url, "k-attacker")
     with RemoteBlackBox(srv.url, "k-attacker", access="labels", verify=3) as bb:
-        with pytest.raises(PermissionError):
-            bb.start(1)
+        bb.start(1)
+        with pytest.raises(PermissionError):  # the scores themselves are refused, not the start
             bb.scores(x[:1], torch.zeros(1, dtype=torch.int64))
         res = make_attack("rays", eps=0.1, budget=40, seed=0).run(bb, x, y)
         assert srv.used("attacker") == int(bb.queries.sum()) + (res.verification_forwards + res.reevaluation_forwards)
@@ -195,7 +185,7 @@ def test_rfd_attack_remote(tmp_path, capsys):  # type: ignore[no-untyped-def]
     ckpt = tmp_path / "vgg.safetensors"
     torch.manual_seed(0)
     save_checkpoint(create_model("fmnist-vgg", pretrained=False), ckpt)
-    spec = DefenseSpec(kind="feature", sigma=0.05, seed=0)
+    spec = DefenseSpec(family="feature", sigma=0.05)
     model = create_model("fmnist-vgg", checkpoint=ckpt)
     app = create_app(defend(model, spec), info=ModelInfo(name="fmnist-vgg", input_shape=(1, 28, 28), num_classes=10,
                                                          defense=spec.to_dict()),
@@ -208,7 +198,7 @@ def test_rfd_attack_remote(tmp_path, capsys):  # type: ignore[no-untyped-def]
         out = json.loads(capsys.readouterr().out)
         sent = out["remote"]["images_sent"]
         used = app.state.service._used
-        assert out["remote"]["server"]["defense"] == {"kind": "feature"}
+        assert out["remote"]["server"]["defense"] == {"family": "feature"}
         assert used["attacker"] == sent["attack"] > 0 and used["evaluator"] == sent["verify"]
         assert sent["verify"] == out["verification_forwards"] + out["reevaluation_forwards"]
         assert sent["attack"] <= 12 * 10

@@ -1,18 +1,20 @@
 """`rfd analyze ...`: every analysis writes its PNG/JSON/CSV files, --json prints the summary, runs repeat exactly.
 
 A small MLP fitted on the bundled calibration split stands in for a trained reference model (registered only for
-the test); the slow test runs on the shipped fmnist-vgg when its checkpoint exists."""
+the test); the slow test runs on the shipped fmnist-vgg."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from rfd.analysis import predicted_flip_probability
 from rfd.cli.main import main
 from rfd.models import registry
 from rfd.models.checkpoints import save_checkpoint
@@ -84,8 +86,26 @@ def test_theorem1_writes_predicted_and_measured(mlp, tmp_path, capsys) -> None:
     out = _run(args, capsys)
     _check_files(out, tmp_path, "theorem1")
     assert len(out["cells"]) == 2 * 2 * 1
+    n, draws = out["images"], 50
+    assert n == 4 and out["draws"] == draws
+    with (tmp_path / "theorem1.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2 * 1 * n
+    for r in rows:  # every image's prediction is Theorem 1 at its own ratio; at the input grad_h = grad_x
+        ratio, nu, mu = float(r["ratio"]), float(r["nu"]), float(r["mu"])
+        assert float(r["predicted"]) == pytest.approx(float(predicted_flip_probability(ratio, nu, mu)), abs=1e-12)
+        if r["layer"] == "input":
+            assert ratio == pytest.approx(1.0)
+        assert float(r["measured"]) * draws == pytest.approx(round(float(r["measured"]) * draws))  # k of 50 wrong
     for c in out["cells"]:
-        assert 0.0 <= c["predicted_mean"] <= 0.5 and 0.0 <= c["measured_mean"] <= 1.0
+        if c["layer"] == "input":  # ratio 1 on every image: the closed form 1/2 - atan(sqrt(mu / 2 nu)) / pi
+            hand = 0.5 - math.atan(math.sqrt(c["mu"] / (2 * c["nu"]))) / math.pi
+            assert c["predicted_mean"] == pytest.approx(hand, abs=1e-12)
+        mine = [float(r["measured"]) for r in rows if r["layer"] == c["layer"] and float(r["nu"]) == c["nu"]]
+        assert c["measured_mean"] == pytest.approx(sum(mine) / n, abs=1e-12)
+        # small nu and mu: first order holds, so the measured rate is the prediction up to sampling error
+        # (4 standard errors of a mean of n x 50 decisions at p = 1/2)
+        assert abs(c["measured_mean"] - c["predicted_mean"]) < 4 * 0.5 / math.sqrt(n * draws), c
     assert set(out["correlations"]) >= {"pearson", "spearman", "pearson_cell_means"}
     assert (tmp_path / "theorem1_cells.csv").is_file()
     # more defense noise, more wrong decisions (same layer, same mu): predicted and, here clearly, measured
@@ -117,10 +137,25 @@ def test_magnitude_and_layers(mlp, tmp_path, capsys) -> None:
     out = _run(["analyze", "layers", *common, "--confirm", "1", "--budget", "10", "--attack-n", "4",
                 "--eps", "0.05", "--out", str(tmp_path / "l")], capsys)
     _check_files(out, tmp_path / "l", "layers")
-    assert out["recommended"] in ("input", "net.1", "penultimate")
-    assert [r["rank"] for r in out["ranking"]] == [1, 2, 3]
-    assert len(out["confirm"]) == 1 and out["confirm"][0]["layer"] == out["ranking"][0]["layer"]
-    assert 0.0 <= out["confirm"][0]["robust_accuracy"] <= 1.0
+    ranking = out["ranking"]
+    assert sorted(r["layer"] for r in ranking) == ["input", "net.1", "penultimate"]  # each candidate once
+    assert [r["rank"] for r in ranking] == [1, 2, 3]
+    # the default metric ranks by the Theorem-1 probability after one step toward the adversary, best first
+    assert out["metric"] == "theorem1-step" and all(r["score"] == r["prob_step"] for r in ranking)
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    by = {r["layer"]: r for r in ranking}
+    # at the input grad_h = grad_x: the ratio is 1 before and after the step, so both probabilities agree
+    assert by["input"]["ratio_change_mean"] == pytest.approx(1.0)
+    assert by["input"]["prob_step"] == pytest.approx(by["input"]["prob_clean"], abs=1e-12)
+    assert all(r["sigma"] > 0 and abs(r["calib_drop"] - 0.05) < 0.02 for r in ranking)  # each costs ~5 points
+    (conf,) = out["confirm"]
+    assert conf["layer"] == ranking[0]["layer"] and conf["sigma"] == ranking[0]["sigma"]
+    # one confirmed layer cannot be beaten by another: the recommendation is the top-ranked layer
+    assert out["recommended"] == ranking[0]["layer"]
+    assert (conf["images"], conf["budget"], conf["eps"]) == (4, 10, 0.05)
+    # robust images are correctly classified ones that resisted: a count out of the 4 attacked images
+    assert conf["robust_accuracy"] <= conf["clean_accuracy"]
+    assert conf["robust_accuracy"] * 4 == pytest.approx(round(conf["robust_accuracy"] * 4))
 
 
 def test_bad_arguments_fail_clearly(mlp, tmp_path, capsys) -> None:
@@ -130,14 +165,9 @@ def test_bad_arguments_fail_clearly(mlp, tmp_path, capsys) -> None:
     assert "nu" in capsys.readouterr().err
 
 
-def _checkpoint(name: str) -> Path:
-    return registry.get_entry(name).checkpoint_path()  # type: ignore[return-value]
-
-
 @pytest.mark.slow
-def test_ratio_on_reference_vgg(tmp_path, capsys) -> None:
-    if not _checkpoint("fmnist-vgg").is_file():
-        pytest.skip("fmnist-vgg checkpoint not shipped yet (src/rfd/assets/models/fmnist-vgg.safetensors)")
+def test_ratio_on_reference_vgg(tmp_path, capsys, shipped_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    shipped_checkpoint("fmnist-vgg")  # `--model fmnist-vgg` alone loads the shipped weights
     out = _run(["analyze", "ratio", "--model", "fmnist-vgg", "--n", "30", "--quiet", "--out", str(tmp_path)], capsys)
     _check_files(out, tmp_path, "ratio")
     layers = {r["layer"]: r for r in out["layers"]}

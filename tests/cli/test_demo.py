@@ -1,21 +1,17 @@
-"""`rfd demo`: a clear error naming what is missing, and a smoke run of the whole pipeline at tiny size (tiny
+"""`rfd demo`: a clear error naming a missing checkpoint, and a smoke run of the whole pipeline at tiny size (tiny
 model, real Square and RayS, real calibration) that writes the report folder and resumes."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
 
 from rfd.cli.main import main
-from rfd.eval.demo import DemoUnavailable, demo_requirements, demo_study, run_demo
-from rfd.eval.study import ModelSpec
+from rfd.eval.demo import demo_study, run_demo
+from rfd.eval.specs import ModelSpec
 from rfd.models import registry
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_eval_support import write_tiny
 
 
 @pytest.fixture
@@ -27,13 +23,11 @@ def no_reference_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_demo_names_the_missing_checkpoint(no_reference_checkpoint: None, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    missing = demo_requirements()
-    assert len(missing) == 1 and "fmnist-vgg" in missing[0] and "rfd train fmnist-vgg" in missing[0]
-    with pytest.raises(DemoUnavailable, match="missing: the reference checkpoint of fmnist-vgg"):
+    with pytest.raises(FileNotFoundError, match="reference checkpoint .* is not installed; train it with `rfd train"):
         run_demo(tmp_path / "d", progress=False)
     assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "rfd demo cannot run yet" in err and "fmnist-vgg" in err
+    assert "rfd demo: error:" in err and "fmnist-vgg" in err and "Traceback" not in err
     assert not (tmp_path / "d" / "results.sqlite").exists()  # no numbers without the model
 
 
@@ -45,8 +39,8 @@ def test_demo_study_is_the_main_job() -> None:
                                                                       ("rays", "linf", 0.05, 1000)]
 
 
-def test_demo_smoke_tiny(tmp_path: Path) -> None:
-    _, ckpt = write_tiny(tmp_path / "tiny")
+def test_demo_smoke_tiny(tmp_path: Path, tiny_eval: tuple[Path, Path]) -> None:
+    _, ckpt = tiny_eval
     model = ModelSpec(name="tiny", factory="rfd_tiny:build", checkpoint=str(ckpt))
     out = tmp_path / "demo"
     kw = {"n": 20, "budget": 40, "model": model, "chunk_size": 10, "checkpoints": (10, 40),
@@ -70,9 +64,8 @@ def test_demo_smoke_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_on_the_reference_model_small(tmp_path: Path) -> None:
-    if demo_requirements():
-        pytest.skip("reference checkpoint of fmnist-vgg not installed: " + "; ".join(demo_requirements()))
+def test_demo_on_the_reference_model_small(tmp_path: Path, shipped_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    shipped_checkpoint("fmnist-vgg")  # fails, never skips, when the shipped checkpoint is missing
     res = run_demo(tmp_path / "demo", n=20, budget=100, checkpoints=(100,), chunk_size=20,
                    calibration={"draws": 2, "tol": 0.005}, progress=False)
     assert res.summary.complete and res.summary.samples_written == 6 * 20

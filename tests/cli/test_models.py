@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,8 @@ from rfd.cli.main import main
 from rfd.models import ModelEntry, get_entry, list_models, save_checkpoint
 
 
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert len(out.strip().splitlines()) == 1
-    return json.loads(out)
-
-
-def test_models_json_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
-    payload = _json(capsys, ["models", "--json", "--no-accuracy"])
+def test_models_json_lists_the_registry(run_json) -> None:  # type: ignore[no-untyped-def]
+    payload = run_json(["models", "--json", "--no-accuracy"])
     rows = {r["name"]: r for r in payload["models"]}
     assert sorted(rows) == list_models()
     for name, r in rows.items():
@@ -31,8 +23,8 @@ def test_models_json_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> N
         assert r["clean_accuracy"] is None and r["note"]
 
 
-def test_filter(capsys: pytest.CaptureFixture[str]) -> None:
-    payload = _json(capsys, ["models", "--json", "--no-accuracy", "--filter", "*resnet"])
+def test_filter(capsys: pytest.CaptureFixture[str], run_json) -> None:  # type: ignore[no-untyped-def]
+    payload = run_json(["models", "--json", "--no-accuracy", "--filter", "*resnet"])
     assert [r["name"] for r in payload["models"]] == ["fmnist-resnet"]
     assert main(["models", "--filter", "nothing-*"]) == 2
     assert "no registered model matches" in capsys.readouterr().err
@@ -45,8 +37,8 @@ class _LocalEntry(ModelEntry):
         return Path(self.checkpoint) if self.checkpoint else None
 
 
-def test_accuracy_is_measured_on_the_bundled_eval_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str], bundled_eval) -> None:
+def test_accuracy_is_measured_on_the_bundled_eval_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                         run_json, bundled_eval) -> None:
     from rfd.models import registry
 
     base = get_entry("fmnist-resnet")
@@ -57,7 +49,7 @@ def test_accuracy_is_measured_on_the_bundled_eval_split(tmp_path: Path, monkeypa
                         _LocalEntry("test-resnet", base.build, str(path), "fashion-mnist", "test entry"))
     monkeypatch.setitem(registry._REGISTRY, "test-absent",
                         _LocalEntry("test-absent", base.build, str(tmp_path / "none.safetensors"), "fashion-mnist", "x"))
-    payload = _json(capsys, ["models", "--json", "--filter", "test-*"])
+    payload = run_json(["models", "--json", "--filter", "test-*"])
     rows = {r["name"]: r for r in payload["models"]}
     with torch.no_grad():
         want = (model(bundled_eval.images).argmax(1) == bundled_eval.labels).double().mean().item()
@@ -75,11 +67,16 @@ def test_models_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_models_report_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
-    shipped = [n for n in list_models() if (p := get_entry(n).checkpoint_path()) is not None and p.is_file()]
-    if not shipped:
-        pytest.skip("no shipped checkpoints yet")
-    payload = _json(capsys, ["models", "--json"])
-    for r in payload["models"]:
-        if r["name"] in shipped:
-            assert 0.5 < r["clean_accuracy"] <= 1.0, r
+def test_shipped_models_report_accuracy(run_json, bundled_eval, reference_model) -> None:  # type: ignore[no-untyped-def]
+    # every entry that declares a checkpoint ships it: `rfd models` measures each on the bundled eval split
+    shipped = [n for n in list_models() if get_entry(n).checkpoint is not None]
+    assert shipped
+    payload = run_json(["models", "--json"])
+    rows = {r["name"]: r for r in payload["models"]}
+    for name in shipped:
+        r = rows[name]
+        assert r["checkpoint_present"] is True, r
+        with torch.no_grad():
+            want = (reference_model(name)(bundled_eval.images).argmax(1) == bundled_eval.labels).double().mean()
+        assert r["clean_accuracy"] == pytest.approx(want.item(), abs=1e-12), r
+        assert r["clean_accuracy"] > 0.5, r  # a trained model, not chance (10%)

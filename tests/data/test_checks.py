@@ -12,7 +12,8 @@ from rfd.data import ImageDataset, check_images, check_images_labels, check_labe
 def test_valid_images_pass_unchanged() -> None:
     x = torch.rand(2, 3, 4, 4)
     assert check_images(x) is x
-    assert check_images(torch.zeros(1, 1, 2, 2)) is not None and check_images(torch.ones(1, 1, 2, 2)) is not None
+    lo, hi = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)  # the range ends are valid pixel values
+    assert check_images(lo) is lo and check_images(hi) is hi
 
 
 @pytest.mark.parametrize("x, match", [

@@ -127,7 +127,7 @@ def test_aaa_on_a_model_keeps_every_prediction_and_is_deterministic() -> None:
     torch.manual_seed(0)
     m = create_model("fmnist-vgg", pretrained=False)
     x = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), defend(m, DefenseSpec(kind="aaa")) as d:
+    with torch.no_grad(), defend(m, DefenseSpec(family="aaa")) as d:
         clean = m(x)
         out = d(x)
         assert torch.equal(out.argmax(1), clean.argmax(1))
@@ -139,7 +139,7 @@ def test_aaa_passes_the_undefended_gradient_straight_through() -> None:
     torch.manual_seed(0)
     m = create_model("fmnist-vgg", pretrained=False)
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with defend(m, DefenseSpec(kind="aaa")) as d:
+    with defend(m, DefenseSpec(family="aaa")) as d:
         xa = x.clone().requires_grad_(True)
         out = d(xa)
         with torch.no_grad():
@@ -162,7 +162,7 @@ def test_label_only_attacks_see_exactly_the_undefended_model_through_aaa(attack:
     idx = torch.arange(0, 1000, 125)  # 8 images spread over the class-sorted split (8 of the 10 classes)
     x, y = bundled_eval.images[idx], bundled_eval.labels[idx]
     runs = []
-    for model in (m, defend(m, DefenseSpec(kind="aaa"))):
+    for model in (m, defend(m, DefenseSpec(family="aaa"))):
         a = make_attack(attack, norm="linf", eps=0.05, budget=300, seed=3)
         runs.append(a.run(LocalBlackBox(model, access="labels", budget=300), x, y))
     base, aaa = runs

@@ -34,7 +34,7 @@ def test_known_answers_for_input_noise(linear_model, flat_images) -> None:  # ty
     k = 9
     majority = sum(math.comb(k, j) * p ** j * (1 - p) ** (k - j) for j in range(5, k + 1)).mean().item()
     extreme = ((2 * p - 1) ** 20).mean().item()  # a pair (+d, -d) is right iff |d-mean| < |m - 0.5|
-    with defend(linear_model, DefenseSpec(kind="input", sigma=sigma, seed=0)) as d:
+    with defend(linear_model, DefenseSpec(family="input", sigma=sigma), seed=0) as d:
         r = randomized_accuracy(d, x, y, draws=40, majority_k=k, pairs=20, batch_size=128)
     assert r.base_accuracy == 1.0
     assert abs(r.accuracy - expected) < 4 * r.accuracy_se + 1e-3
@@ -47,7 +47,7 @@ def test_known_answers_for_input_noise(linear_model, flat_images) -> None:  # ty
 
 def test_deterministic_models_give_one_number(linear_model, flat_images) -> None:  # type: ignore[no-untyped-def]
     x, y, _ = flat_images
-    for spec in (DefenseSpec(), DefenseSpec(kind="input", sigma=0.0), DefenseSpec(kind="aaa")):
+    for spec in (DefenseSpec(), DefenseSpec(family="input", sigma=0.0), DefenseSpec(family="aaa")):
         with defend(linear_model, spec) as d:
             r = randomized_accuracy(d, x, y)
         assert r.accuracy == r.accuracy_majority == r.accuracy_extreme == r.base_accuracy == 1.0
@@ -56,17 +56,17 @@ def test_deterministic_models_give_one_number(linear_model, flat_images) -> None
 
 def test_seeded_and_repeatable(linear_model, flat_images) -> None:  # type: ignore[no-untyped-def]
     x, y, _ = flat_images
-    with defend(linear_model, DefenseSpec(kind="feature", sigma=0.3, seed=3)) as d:
+    with defend(linear_model, DefenseSpec(family="feature", sigma=0.3), seed=3) as d:
         a = randomized_accuracy(d, x, y, draws=5, pairs=5)
         b = randomized_accuracy(d, x, y, draws=5, pairs=5)
-    with defend(linear_model, DefenseSpec(kind="feature", sigma=0.3, seed=4)) as d:
+    with defend(linear_model, DefenseSpec(family="feature", sigma=0.3), seed=4) as d:
         c = randomized_accuracy(d, x, y, draws=5, pairs=5)
     assert a == b and a != c
 
 
 def test_majority_reuses_the_expected_draws_and_bad_counts_fail(linear_model, flat_images) -> None:  # type: ignore[no-untyped-def]
     x, y, _ = flat_images
-    with defend(linear_model, DefenseSpec(kind="input", sigma=0.2)) as d:
+    with defend(linear_model, DefenseSpec(family="input", sigma=0.2)) as d:
         r = randomized_accuracy(d, x, y, draws=12, majority_k=3, pairs=1)
         assert r.forwards == x.shape[0] * (1 + 12 + 2)
         with pytest.raises(ValueError, match="pairs"):

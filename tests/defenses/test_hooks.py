@@ -53,7 +53,7 @@ def test_noise_changes_only_the_named_layer_and_what_follows(vgg: nn.Module) -> 
     assert layer in names
     x = _x()
     clean = _outputs(vgg, vgg, x)
-    with defend(vgg, DefenseSpec(kind="feature", sigma=0.5, layers=(layer,))) as d:
+    with defend(vgg, DefenseSpec(family="feature", sigma=0.5, layers=(layer,))) as d:
         noisy = _outputs(vgg, d, x)
         assert d.injections == {layer: 1}
     k = names.index(layer)
@@ -65,7 +65,7 @@ def test_noise_changes_only_the_named_layer_and_what_follows(vgg: nn.Module) -> 
 @pytest.mark.parametrize("layers", [("net.features.1",), ("net.features.1", "net.features.6", "penultimate")])
 def test_hooks_fire_once_per_forward_at_each_named_layer(vgg: nn.Module, layers: tuple[str, ...]) -> None:
     before = _hook_count(vgg)
-    d = defend(vgg, DefenseSpec(kind="feature", sigma=0.1, layers=layers))
+    d = defend(vgg, DefenseSpec(family="feature", sigma=0.1, layers=layers))
     assert _hook_count(vgg) == before + len(layers)
     with torch.no_grad():
         for _ in range(3):
@@ -80,7 +80,7 @@ def test_penultimate_is_the_input_of_the_head(vgg: nn.Module, vit: nn.Module) ->
     head = dict(vgg.named_modules())["net.classifier.4"]
     seen: list[torch.Tensor] = []
     x = _x()
-    with defend(vgg, DefenseSpec(kind="feature", sigma=1.0)) as d:
+    with defend(vgg, DefenseSpec(family="feature", sigma=1.0)) as d:
         # registered after the defense's pre-hook, so it sees what the head really receives
         h = head.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
         try:
@@ -99,8 +99,8 @@ def test_sigma_zero_and_none_are_bit_identical(vgg: nn.Module) -> None:
     x = _x(8)
     with torch.no_grad():
         ref = vgg(x)
-        for spec in (DefenseSpec(), DefenseSpec(kind="feature", sigma=0.0, layers=("net.features.1", "penultimate")),
-                     DefenseSpec(kind="input", sigma=0.0), DefenseSpec(kind="logits", sigma=0.0)):
+        for spec in (DefenseSpec(), DefenseSpec(family="feature", sigma=0.0, layers=("net.features.1", "penultimate")),
+                     DefenseSpec(family="input", sigma=0.0), DefenseSpec(family="logits", sigma=0.0)):
             with defend(vgg, spec) as d:
                 assert torch.equal(d(x), ref), spec
 
@@ -109,7 +109,7 @@ def test_original_model_stays_clean_while_defended_exists(vgg: nn.Module) -> Non
     x = _x()
     with torch.no_grad():
         ref = vgg(x)
-        with defend(vgg, DefenseSpec(kind="feature", sigma=5.0, layers=("net.features.1",))) as d:
+        with defend(vgg, DefenseSpec(family="feature", sigma=5.0, layers=("net.features.1",))) as d:
             assert not torch.equal(d(x), ref)
             assert torch.equal(vgg(x), ref)  # the raw model is not noisy, even with the hooks installed
 
@@ -117,7 +117,7 @@ def test_original_model_stays_clean_while_defended_exists(vgg: nn.Module) -> Non
 def test_context_manager_and_remove_leave_no_hooks_and_forbid_use(vgg: nn.Module) -> None:
     before = _hook_count(vgg)
     state = {k: v.clone() for k, v in vgg.state_dict().items()}
-    with defend(vgg, DefenseSpec(kind="feature", sigma=1.0, layers=("net.features.1", "penultimate"))) as d:
+    with defend(vgg, DefenseSpec(family="feature", sigma=1.0, layers=("net.features.1", "penultimate"))) as d:
         assert _hook_count(vgg) == before + 2
     assert _hook_count(vgg) == before
     with pytest.raises(RuntimeError, match="removed"):
@@ -129,7 +129,7 @@ def test_context_manager_and_remove_leave_no_hooks_and_forbid_use(vgg: nn.Module
 
 def test_hooks_leave_when_the_defended_module_is_dropped(vgg: nn.Module) -> None:
     before = _hook_count(vgg)
-    d = defend(vgg, DefenseSpec(kind="feature", sigma=1.0, layers=("net.features.1",)))
+    d = defend(vgg, DefenseSpec(family="feature", sigma=1.0, layers=("net.features.1",)))
     assert _hook_count(vgg) == before + 1
     del d
     gc.collect()
@@ -140,7 +140,7 @@ def test_an_exception_inside_forward_deactivates_the_hooks(vgg: nn.Module) -> No
     x = _x()
     with torch.no_grad():
         ref = vgg(x)
-    d = defend(vgg, DefenseSpec(kind="feature", sigma=1.0, layers=("net.features.1",)))
+    d = defend(vgg, DefenseSpec(family="feature", sigma=1.0, layers=("net.features.1",)))
     with pytest.raises(ValueError):
         d(torch.rand(2, 3, 28, 28))
     with torch.no_grad():
@@ -150,7 +150,7 @@ def test_an_exception_inside_forward_deactivates_the_hooks(vgg: nn.Module) -> No
 
 def test_deepcopy_gives_an_independent_defended_copy(vgg: nn.Module) -> None:
     before = _hook_count(vgg)
-    d = defend(vgg, DefenseSpec(kind="feature", sigma=1.0, layers=("net.features.1",), seed=3))
+    d = defend(vgg, DefenseSpec(family="feature", sigma=1.0, layers=("net.features.1",)), seed=3)
     c = copy.deepcopy(d)
     assert c.model is not vgg and _hook_count(vgg) == before + 1 and _hook_count(c.model) == before + 1
     x = _x()
@@ -167,7 +167,7 @@ def test_token_tensors_of_vit_blocks(vit: nn.Module) -> None:
     with torch.no_grad():
         ref = vit(x)
         rec = _outputs(vit, vit, x)
-        with defend(vit, DefenseSpec(kind="feature", sigma=0.2, layers=("net.blocks.3",))) as d:
+        with defend(vit, DefenseSpec(family="feature", sigma=0.2, layers=("net.blocks.3",))) as d:
             out = d(x)
             assert d.injections == {"net.blocks.3": 1}
     assert rec  # leaf outputs recorded
@@ -176,7 +176,7 @@ def test_token_tensors_of_vit_blocks(vit: nn.Module) -> None:
 
 def test_unknown_layer_lists_closest_names(vgg: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"unknown layer 'net.feature.4'.*closest: .*net\.features\.4"):
-        defend(vgg, DefenseSpec(kind="feature", sigma=1.0, layers=("net.feature.4",)))
+        defend(vgg, DefenseSpec(family="feature", sigma=1.0, layers=("net.feature.4",)))
 
 
 def test_non_tensor_output_fails_clearly() -> None:
@@ -194,7 +194,7 @@ def test_non_tensor_output_fails_clearly() -> None:
             a, b = self.pair(x.flatten(1))
             return self.fc(a + b)
 
-    with defend(M(), DefenseSpec(kind="feature", sigma=1.0, layers=("pair",))) as d, \
+    with defend(M(), DefenseSpec(family="feature", sigma=1.0, layers=("pair",))) as d, \
             pytest.raises(ValueError, match="returns tuple, not a tensor"):
         d(torch.rand(2, 1, 2, 2))
 
@@ -206,7 +206,7 @@ def test_non_tensor_output_fails_clearly() -> None:
     ([[0.0]], "torch.Tensor"),
 ])
 def test_wrong_inputs_fail_clearly(vgg: nn.Module, bad: object, match: str) -> None:
-    with defend(vgg, DefenseSpec(kind="input", sigma=0.1)) as d, pytest.raises(ValueError, match=match):
+    with defend(vgg, DefenseSpec(family="input", sigma=0.1)) as d, pytest.raises(ValueError, match=match):
         d(bad)  # type: ignore[arg-type]
 
 
@@ -214,10 +214,10 @@ def test_defend_rejects_non_modules_and_scaled_without_images(vgg: nn.Module) ->
     with pytest.raises(ValueError, match="nn.Module"):
         defend(lambda x: x, DefenseSpec())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="calibration images"):
-        defend(vgg, DefenseSpec(kind="feature", sigma=1.0, scaled=True))
+        defend(vgg, DefenseSpec(family="feature", sigma=1.0, scaled=True))
 
 
 def test_defend_accepts_a_spec_dict(vgg: nn.Module) -> None:
-    with defend(vgg, {"kind": "input", "sigma": 0.1, "seed": 2}) as d:
-        assert d.spec == DefenseSpec(kind="input", sigma=0.1, seed=2)
+    with defend(vgg, {"family": "input", "sigma": 0.1}, seed=2) as d:
+        assert d.spec == DefenseSpec(family="input", sigma=0.1) and d.seed == 2
         assert d.input_shape == (1, 28, 28) and d.num_classes == 10

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
 from rfd.defenses import DefenseSpec, classifier_name, defend
-
-timm = pytest.importorskip("timm")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +37,12 @@ def test_timm_vit_feature_noise(vit: nn.Module, layer: str) -> None:
     before = _hooks(vit)
     with torch.no_grad():
         ref = vit(x)
-        with defend(vit, DefenseSpec(kind="feature", sigma=0.5, layers=(layer,), seed=1)) as d:
+        with defend(vit, DefenseSpec(family="feature", sigma=0.5, layers=(layer,)), seed=1) as d:
             a, b = d(x), d(x)
             assert d.injections == {layer: 2}
             if layer == "penultimate":
                 assert d.targets[0].module_name == "head" and d.targets[0].pre
-        with defend(vit, DefenseSpec(kind="feature", sigma=0.5, layers=(layer,), seed=1)) as d2:
+        with defend(vit, DefenseSpec(family="feature", sigma=0.5, layers=(layer,)), seed=1) as d2:
             assert torch.equal(d2(x), a)
     assert a.shape == ref.shape == (3, 10)
     assert not torch.equal(a, ref) and not torch.equal(a, b)
@@ -58,7 +57,7 @@ def test_timm_resnet_feature_noise(resnet: nn.Module, layer: str) -> None:
     x = _x()
     with torch.no_grad():
         ref = resnet(x)
-        with defend(resnet, DefenseSpec(kind="feature", sigma=0.5, layers=(layer,))) as d:
+        with defend(resnet, DefenseSpec(family="feature", sigma=0.5, layers=(layer,))) as d:
             out = d(x)
             assert d.injections == {layer: 1}
     assert out.shape == ref.shape and not torch.equal(out, ref)
@@ -73,7 +72,7 @@ def test_timm_penultimate_uses_get_classifier(vit: nn.Module, resnet: nn.Module)
 
 def test_timm_scaled_noise_on_vit_tokens(vit: nn.Module) -> None:
     calib = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with defend(vit, DefenseSpec(kind="feature", sigma=1.0, layers=("blocks.0",), scaled=True),
+    with defend(vit, DefenseSpec(family="feature", sigma=1.0, layers=("blocks.0",), scaled=True),
                 calib_images=calib) as d:
         assert d.scale_0.shape == (1 + 16, 192)  # class token + 4x4 patches, width 192
         with torch.no_grad():
@@ -81,17 +80,16 @@ def test_timm_scaled_noise_on_vit_tokens(vit: nn.Module) -> None:
 
 
 def test_timm_adapter_classifier_with_feature_noise() -> None:
-    pytest.importorskip("rfd.models.timm_adapter")
     from rfd.models.timm_adapter import create_timm_classifier
 
     torch.manual_seed(0)
     m = create_timm_classifier("resnet18", num_classes=10, input_size=(3, 32, 32))
     assert classifier_name(m) == "net.fc"
     x = _x(2)
-    with torch.no_grad(), defend(m, DefenseSpec(kind="feature", sigma=0.3, layers=("net.layer3", "penultimate"))) as d:
+    with torch.no_grad(), defend(m, DefenseSpec(family="feature", sigma=0.3, layers=("net.layer3", "penultimate"))) as d:
         assert d(x).shape == (2, 10) and dict(d.injections) == {"net.layer3": 1, "penultimate": 1}
 
 
 def test_timm_unknown_block_name(vit: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"closest: .*blocks\.1"):
-        defend(vit, DefenseSpec(kind="feature", sigma=1.0, layers=("block.1",)))
+        defend(vit, DefenseSpec(family="feature", sigma=1.0, layers=("block.1",)))

@@ -5,7 +5,6 @@ across defenses, Wilson coverage, McNemar, paired comparisons and sanity flags."
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -23,12 +22,10 @@ from rfd.eval.compare import compare_runs
 from rfd.eval.results import load_results
 from rfd.eval.runner import run_study
 from rfd.eval.sanity import sanity_flags
+from rfd.eval.schema import parse_study
 from rfd.eval.store import ChunkInfo, ResultStore, SampleRow
-from rfd.eval.study import parse_study
 from rfd.stats import bootstrap_mean, mcnemar_exact, paired_difference, wilson
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_eval_support import tiny_study, write_tiny
+from tests.helpers.tiny_eval import tiny_study
 
 
 class NoisyLogits(nn.Module):
@@ -194,37 +191,15 @@ def test_mcnemar_exact_matches_hand_computed_values() -> None:
 
 
 # -- studies: paired draws, comparisons, sanity flags ----------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class DrawOnceConfig(AttackConfig):
-    pass
+# DrawOnce (tests/helpers/attacks.py): one random point in the ball per image, from the sample's own stream
 
 
-class DrawOnce(Attack):
-    """One random point in the ball per image (1 query): its distance from the clean image shows the draw."""
-
-    name = "draw-once"
-    config_class = DrawOnceConfig
-
-    def _run(self, state: AttackState, gen: torch.Generator) -> None:
-        idx = state.active_idx(1)
-        x0 = state.x0[idx]
-        u = state.rng.rows(idx).rand(*x0.shape) * 2 - 1  # the sample's own stream: paired across defenses
-        x = state.project(x0 + self.config.eps * u, idx)
-        state.report(x, idx, state.margin(x, idx) < 0)
-        state.keep(x, idx)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_tiny(tmp_path_factory.mktemp("tiny-honest"))
-
-
-def test_every_defense_and_check_of_a_study_meets_the_same_attack_draws(tiny: tuple[Path, Path],
+def test_every_defense_and_check_of_a_study_meets_the_same_attack_draws(tiny_eval: tuple[Path, Path],
                                                                       tmp_path: Path) -> None:
-    _, ckpt = tiny
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, n=20, budget=5, checkpoints=[5], attacks=[
-        {"name": "test_honest_evaluation:DrawOnce", "eps": 0.1, "verify": [3, 25]},
-        {"name": "test_honest_evaluation:DrawOnce", "eps": 0.05}]))
+        {"name": "tests.helpers.attacks:DrawOnce", "eps": 0.1, "verify": [3, 25]},
+        {"name": "tests.helpers.attacks:DrawOnce", "eps": 0.05}]))
     db = tmp_path / "paired.sqlite"
     run_study(st, db, progress=False)
     res = load_results(db)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
+import ray
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_eval_support import tiny_study, write_tiny
-
-ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install 'rfd[ray]')")
+from tests.helpers.tiny_eval import tiny_study
 
 
 def _rows(db: Path) -> list[tuple]:
@@ -22,13 +19,13 @@ def _rows(db: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_ray_executor_matches_local_run(tmp_path: Path) -> None:
+def test_ray_executor_matches_local_run(tmp_path: Path, tiny_eval: tuple[Path, Path]) -> None:
     from rfd.eval.results import load_results
     from rfd.eval.runner import run_study
-    from rfd.eval.study import parse_study
+    from rfd.eval.schema import parse_study
     from rfd.eval.tables import build_table, render
 
-    folder, ckpt = write_tiny(tmp_path / "tiny")
+    folder, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, n=30, defenses=["none", {"family": "feature", "drops": [0.05]}]))
     local = tmp_path / "local.sqlite"
     run_study(st, local, progress=False)

@@ -16,18 +16,13 @@ import yaml
 
 from rfd.cli.main import main
 from rfd.eval.merge import merge_stores
+from rfd.eval.plan import Shard, parse_shard, plan_status, plan_study
 from rfd.eval.results import load_results
-from rfd.eval.runner import Shard, parse_shard, plan_status, plan_study, run_study
-from rfd.eval.study import parse_study
+from rfd.eval.runner import run_study
+from rfd.eval.schema import parse_study
+from rfd.eval.specs import StudyError
 from rfd.eval.tables import build_table, render
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_eval_support import tiny_study, write_tiny
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_tiny(tmp_path_factory.mktemp("tiny"))
+from tests.helpers.tiny_eval import tiny_study
 
 
 def rows_by_key(db: Path) -> list[tuple]:
@@ -42,8 +37,8 @@ def tables(db: Path) -> str:
     return render(build_table(res, "robust"), "md") + render(build_table(res, "runs"), "csv")
 
 
-def test_run_stores_every_sample_once_with_its_settings(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    _, ckpt = tiny
+def test_run_stores_every_sample_once_with_its_settings(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, defenses=["none", {"family": "feature", "drops": [0.05]}]))
     db = tmp_path / "r.sqlite"
     s = run_study(st, db, progress=False)
@@ -65,8 +60,8 @@ def test_run_stores_every_sample_once_with_its_settings(tiny: tuple[Path, Path],
     assert (res.samples.success <= res.samples.clean_correct).all()
 
 
-def test_class_balanced_selection_is_seeded(tiny: tuple[Path, Path]) -> None:
-    _, ckpt = tiny
+def test_class_balanced_selection_is_seeded(tiny_eval: tuple[Path, Path]) -> None:
+    _, ckpt = tiny_eval
     a = plan_study(parse_study(tiny_study(ckpt, n=30))).data
     b = plan_study(parse_study(tiny_study(ckpt, n=30, seed=4))).data
     assert a.labels.bincount(minlength=10).tolist() == [3] * 10
@@ -81,8 +76,8 @@ def test_class_balanced_selection_is_seeded(tiny: tuple[Path, Path]) -> None:
     assert not bool(overlap)
 
 
-def test_resume_after_partial_run_equals_uninterrupted(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    _, ckpt = tiny
+def test_resume_after_partial_run_equals_uninterrupted(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, defenses=["none", {"family": "feature", "drops": [0.05]}]))
     full, part = tmp_path / "full.sqlite", tmp_path / "part.sqlite"
     run_study(st, full, progress=False)
@@ -97,8 +92,8 @@ def test_resume_after_partial_run_equals_uninterrupted(tiny: tuple[Path, Path], 
     assert tables(part) == tables(full)
 
 
-def test_shards_partition_the_work_and_merge_to_the_single_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    _, ckpt = tiny
+def test_shards_partition_the_work_and_merge_to_the_single_run(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt))
     plan = plan_study(st)
     parts = [plan.shard(Shard(i, 3)) for i in range(3)]
@@ -121,17 +116,18 @@ def test_shards_partition_the_work_and_merge_to_the_single_run(tiny: tuple[Path,
         parse_shard("3/3")
 
 
-def test_plan_status_and_bad_attack_parameters(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    _, ckpt = tiny
+def test_plan_status_and_bad_attack_parameters(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, defenses=["none", {"family": "feature", "drops": [0.05]}]))
     db = tmp_path / "r.sqlite"
     run_study(st, db, max_units=5, progress=False)
     status = plan_status(st, db)
     assert (status["units_total"], status["units_done"], status["units_pending"]) == (8, 5, 3)
     assert status["calibrations_needed"] == 0 and status["calibrations_stored"] == 1
-    bad = parse_study(tiny_study(ckpt, attacks=[{"name": "rfd_tiny:RandomSign", "eps": 0.1, "params": {"stp": 1}}]))
-    with pytest.raises(ValueError, match="bad parameters.*its settings are: .*step"):
-        run_study(bad, tmp_path / "bad.sqlite", progress=False)
+    # a misspelt setting of a user's own attack fails when the study is read, before anything runs
+    with pytest.raises(StudyError, match=r"attacks\[0\]: 'rfd_tiny:RandomSign' has no setting 'stp'; its settings: .*step"):
+        parse_study(tiny_study(ckpt, attacks=[{"name": "rfd_tiny:RandomSign", "eps": 0.1, "params": {"stp": 1}}]))
+    assert not (tmp_path / "bad.sqlite").exists()
 
 
 def _write_study(folder: Path, ckpt: Path, **kw) -> Path:  # type: ignore[no-untyped-def]
@@ -144,8 +140,8 @@ KILL_STUDY = {"n": 60, "budget": 400, "chunk_size": 10, "verify": 3,
               "defenses": ["none", {"family": "feature", "drops": [0.05]}, {"family": "input", "sigmas": [0.05]}]}
 
 
-def test_sigkill_midway_then_resume_equals_uninterrupted(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    folder, ckpt = tiny
+def test_sigkill_midway_then_resume_equals_uninterrupted(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, ckpt = tiny_eval
     study_file = _write_study(tmp_path, ckpt, **KILL_STUDY)
     killed = tmp_path / "killed.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
@@ -192,9 +188,9 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tiny: tuple[Path, Path]
     assert tables(killed) == tables(reference)
 
 
-def test_cli_run_dry_run_resume_and_summary(tiny: tuple[Path, Path], tmp_path: Path,
+def test_cli_run_dry_run_resume_and_summary(tiny_eval: tuple[Path, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    _, ckpt = tiny
+    _, ckpt = tiny_eval
     study_file = _write_study(tmp_path, ckpt)
     db = tmp_path / "cli.sqlite"
     assert main(["run", str(study_file), "--db", str(db), "--dry-run"]) == 0
@@ -211,8 +207,8 @@ def test_cli_run_dry_run_resume_and_summary(tiny: tuple[Path, Path], tmp_path: P
     assert "shard" in capsys.readouterr().err
 
 
-def test_local_worker_processes_match_the_in_process_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    _, ckpt = tiny
+def test_local_worker_processes_match_the_in_process_run(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny_eval
     st = parse_study(tiny_study(ckpt, defenses=["none", {"family": "feature", "drops": [0.05]}]))
     single, multi = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
     run_study(st, single, progress=False)
@@ -221,10 +217,10 @@ def test_local_worker_processes_match_the_in_process_run(tiny: tuple[Path, Path]
     assert rows_by_key(multi) == rows_by_key(single)
 
 
-def test_changed_calibration_settings_conflict_clearly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_changed_calibration_settings_conflict_clearly(tiny_eval: tuple[Path, Path], tmp_path: Path) -> None:
     from rfd.eval.store import StoreConflict
 
-    _, ckpt = tiny
+    _, ckpt = tiny_eval
     kw = {"defenses": [{"family": "feature", "drops": [0.05]}]}
     db = tmp_path / "r.sqlite"
     run_study(parse_study(tiny_study(ckpt, **kw)), db, max_units=1, progress=False)

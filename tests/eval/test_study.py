@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rfd.eval.study import StudyError, expand_cells, load_study, parse_study
+from rfd.eval.cells import expand_cells
+from rfd.eval.schema import load_study, parse_study
+from rfd.eval.specs import StudyError
 
 BASE = {"models": ["fmnist-vgg"], "attacks": ["square"]}
 
@@ -73,14 +75,17 @@ def test_round_trip_through_dict() -> None:
     ({"models": [{"name": "m", "ckpt": "x"}]}, "models[0]", "unknown key 'ckpt'"),
     ({"data": {"split": "eval"}}, "data", "unknown key 'split'"),
     ({"attacks": ["squre"]}, "attacks[0].name", "unknown attack 'squre'"),
-    ({"defenses": [{"family": "featur"}]}, "defenses[0].family", "'featur' is not allowed"),
-    ({"defenses": [{"family": "feature"}]}, "defenses[0]", "needs 'drops'"),
-    ({"defenses": [{"family": "none", "sigma": 0.1}]}, "defenses[0]", "takes no drop or sigma"),
-    ({"defenses": [{"family": "input", "drops": [2]}]}, "defenses[0].drops", "absolute accuracy fraction"),
-    ({"defenses": [{"family": "input", "layer": "x", "drops": [0.02]}]}, "defenses[0]", "feature family only"),
+    ({"defenses": [{"family": "featur"}]}, "defenses[0]", "unknown defense family 'featur'; known: none"),
+    ({"defenses": [{"family": "feature"}]}, "defenses[0]", "needs a level: sigma"),
+    ({"defenses": [{"family": "none", "sigma": 0.1}]}, "defenses[0]", "sigma and drop apply to the noise"),
+    ({"defenses": [{"family": "input", "drops": [2]}]}, "defenses[0]", "absolute clean-accuracy drop in (0, 1)"),
+    ({"defenses": [{"family": "input", "layer": "x", "drops": [0.02]}]}, "defenses[0]", "feature defense only"),
     ({"defenses": [{"family": "feature", "layer": "a", "layers": ["b"], "drops": [0.02]}]}, "defenses[0]",
      "not both"),
-    ({"defenses": [{"family": "input", "drops": [0.02], "scaled": True}]}, "defenses[0].scaled", "feature family"),
+    ({"defenses": [{"family": "input", "drops": [0.02], "scaled": True}]}, "defenses[0]", "feature defense only"),
+    ({"defenses": [{"family": "aaa", "aaa": {"stepz": 3}}]}, "defenses[0]", "unknown aaa settings ['stepz']"),
+    ({"attacks": [{"name": "square", "params": {"p_int": 0.1}}]}, "attacks[0]", "no setting 'p_int'; its settings"),
+    ({"data": {"dataset": "bundled", "eval_split": "test"}}, "data.eval_split", "has splits eval, calib"),
     ({"attacks": [{"name": "square", "norm": "l1"}]}, "attacks[0].norm", "'l1' is not allowed"),
     ({"attacks": [{"name": "square", "params": {"seed": 3}}]}, "attacks[0].params.seed", "derived"),
     ({"attacks": [{"name": "square", "params": {"eps": 3}}]}, "attacks[0].params.eps", "attack entry itself"),
@@ -96,7 +101,8 @@ def test_validation_errors_say_where_and_what(raw: dict, where: str, what: str) 
     with pytest.raises(StudyError) as err:
         parse_study({**BASE, **raw})
     msg = str(err.value)
-    assert msg.startswith(where) if where else True
+    # a nested problem starts with its location, a top-level one with the problem itself
+    assert msg.startswith(where) if where else msg.lstrip(": ").startswith(what), msg
     assert what in msg, msg
 
 

@@ -1,18 +1,22 @@
 """Shared helpers of the eval tests: a tiny classifier (factory + checkpoint) and a tiny attack, written as an
 importable module into a temporary folder, so studies (and `rfd run` subprocesses, and Ray workers) can name
-them as ``rfd_tiny:build`` and ``rfd_tiny:RandomSign``. Also a test that the helpers work."""
+them as ``rfd_tiny:build`` and ``rfd_tiny:RandomSign``.
+
+Tests get the folder from the ``tiny_eval`` fixture (tests/conftest.py), which also puts it on ``sys.path`` for
+the session (and takes it off again); tests/eval/test_tiny_helpers.py checks that the helpers work."""
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 TINY_MODULE = textwrap.dedent('''
-    """Tiny model and attack for rfd's eval tests (written by tests/test_eval_support.py)."""
+    """Tiny model and attack for rfd's eval tests (written by tests/helpers/tiny_eval.py)."""
     from dataclasses import dataclass
 
     import torch
@@ -93,20 +97,30 @@ TINY_MODULE = textwrap.dedent('''
 ''')
 
 
-def write_tiny(folder: Path) -> tuple[Path, Path]:
-    """Write ``rfd_tiny.py`` and a trained checkpoint into ``folder``; import path added to sys.path.
+MODULE_NAME = "rfd_tiny"
 
-    Returns (module folder, checkpoint path). The MLP is trained (seeded, full batch) on the bundled calib
-    split, so it is ~80% accurate on the eval split and attacks have work to do."""
+
+def load_tiny_module(folder: Path) -> ModuleType:
+    """``rfd_tiny`` loaded from ``folder`` as a private copy (neither ``sys.path`` nor ``sys.modules`` changes)."""
+    spec = importlib.util.spec_from_file_location(f"_{MODULE_NAME}_private", folder / f"{MODULE_NAME}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_tiny(folder: Path) -> tuple[Path, Path]:
+    """Write ``rfd_tiny.py`` and a trained checkpoint into ``folder``; returns (module folder, checkpoint path).
+
+    The MLP is trained (seeded, full batch) on the bundled calib split, so it is ~80% accurate on the eval split
+    and attacks have work to do. Studies import ``rfd_tiny`` by name: put ``folder`` on ``sys.path`` (the
+    ``tiny_eval`` fixture does) or on ``PYTHONPATH`` of a subprocess."""
     from rfd.data.bundled import load_bundled
     from rfd.models.checkpoints import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rfd_tiny.py").write_text(TINY_MODULE)
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    sys.modules.pop("rfd_tiny", None)
-    import rfd_tiny  # type: ignore[import-not-found]
+    (folder / f"{MODULE_NAME}.py").write_text(TINY_MODULE)
+    rfd_tiny = load_tiny_module(folder)
 
     torch.manual_seed(0)
     model = rfd_tiny.build()
@@ -140,22 +154,3 @@ def tiny_study(ckpt: Path, **overrides: Any) -> dict[str, Any]:
     }
     d.update(overrides)
     return d
-
-
-def test_tiny_model_is_accurate_and_attack_runs(tmp_path: Path) -> None:
-    from rfd.blackbox.local import LocalBlackBox
-    from rfd.data.bundled import load_bundled
-    from rfd.models.checkpoints import load_checkpoint
-
-    _, ckpt = write_tiny(tmp_path / "tiny")
-    import rfd_tiny  # type: ignore[import-not-found]
-
-    model = load_checkpoint(rfd_tiny.build(), ckpt).eval()
-    ev = load_bundled("eval")
-    with torch.no_grad():
-        acc = float((model(ev.images).argmax(1) == ev.labels).float().mean())
-    assert acc > 0.7, acc
-    atk = rfd_tiny.RandomSign(eps=0.1, budget=50, seed=0)
-    res = atk.run(LocalBlackBox(model, verify=1), ev.images[:20], ev.labels[:20])
-    assert 0 < int(res.success.sum()) <= int(res.clean_correct.sum())
-    assert bool((res.linf <= 0.1 + 1e-5).all())

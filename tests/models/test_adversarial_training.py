@@ -112,13 +112,11 @@ def test_fmnist_vgg_at_is_registered_with_the_vgg_architecture() -> None:
 
 
 @pytest.mark.slow
-def test_shipped_fmnist_vgg_at_checkpoint(bundled_eval) -> None:
+def test_shipped_fmnist_vgg_at_checkpoint(bundled_eval, shipped_checkpoint) -> None:  # type: ignore[no-untyped-def]
     from rfd.models.checkpoints import read_checkpoint_meta
-    from rfd.models.registry import create_model, get_entry
+    from rfd.models.registry import create_model
 
-    path = get_entry("fmnist-vgg-at").checkpoint_path()
-    if path is None or not path.is_file():
-        pytest.skip(f"fmnist-vgg-at checkpoint not shipped yet ({path})")
+    path = shipped_checkpoint("fmnist-vgg-at")
     assert path.stat().st_size < 5 * 2**20
     meta = read_checkpoint_meta(path)
     assert meta["model"] == "fmnist-vgg-at" and meta["config"]["adv_eps"] > 0

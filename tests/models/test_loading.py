@@ -34,7 +34,6 @@ def test_bad_specs(spec: str, kw: dict, match: str) -> None:
 
 
 def test_timm_spec_dispatches_to_the_adapter(tmp_path: Path) -> None:
-    pytest.importorskip("timm")
     torch.manual_seed(0)
     src = load_model("timm:resnet10t", num_classes=4, input_size=(1, 16, 16), mean=(0.5,), std=(0.5,))
     assert isinstance(src, ImageClassifier) and src.head == "net.fc" and src.num_classes == 4
@@ -52,7 +51,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_glue_builds_a_tiny_timm_vit() -> None:
-    pytest.importorskip("timm")
     args = _parse(["--model", "timm:vit_tiny_patch16_224", "--num-classes", "3", "--timm-arg", "img_size=32",
                    "--timm-arg", "patch_size=8", "--timm-arg", "depth=1", "--mean", "0.5", "0.5", "0.5",
                    "--std", "0.2", "0.2", "0.2"])

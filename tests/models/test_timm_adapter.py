@@ -10,8 +10,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-timm = pytest.importorskip("timm")
-
 from rfd.models import ImageClassifier, save_checkpoint
 from rfd.models.timm_adapter import create_timm_classifier, read_state_dict
 

@@ -9,8 +9,6 @@ import sqlite3
 import pytest
 import torch
 
-pytest.importorskip("fastapi")
-
 from rfd.serve import KeyRing, QueryLog, ServeError, decode_images, encode_float32, encode_png, load_keys
 from rfd.serve.keys import key_digest
 from rfd.serve.ratelimit import RateLimiter, SlidingWindow

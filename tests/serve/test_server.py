@@ -12,15 +12,11 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
-from torch import nn
-
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
 
 from rfd.defenses import DefenseSpec, defend
-from rfd.models.classifier import ImageClassifier
 from rfd.serve import (
     BackgroundServer,
     KeyRing,
@@ -31,9 +27,10 @@ from rfd.serve import (
     encode_float32,
     encode_png,
 )
+from tests.helpers.models import SERVED_CLASSES as K
+from tests.helpers.models import SERVED_SHAPE as SHAPE
+from tests.helpers.models import served_mlp as tiny_model  # a small untrained MLP, 1x8x8 images, 4 classes
 
-SHAPE = (1, 8, 8)
-K = 4
 KEYS = {
     "key-alice": {"name": "alice", "budget": 20},
     "key-bob": {"name": "bob"},
@@ -44,16 +41,9 @@ ALICE = {"X-API-Key": "key-alice"}
 BOB = {"X-API-Key": "key-bob"}
 
 
-def tiny_model(seed: int = 0) -> ImageClassifier:
-    """A small MLP on 1x8x8 images with 4 classes (untrained, seeded)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, K))
-    return ImageClassifier(net, mean=(0.5,), std=(0.25,), input_shape=SHAPE, num_classes=K, head="3").eval()
-
-
 def make_app(db: Path, *, spec: DefenseSpec | None = None, config: ServeConfig | None = None,
              keys: dict | None = None):  # type: ignore[no-untyped-def]
-    spec = spec or DefenseSpec(kind="none")
+    spec = spec or DefenseSpec(family="none")
     model = defend(tiny_model(), spec)
     info = ModelInfo(name="tiny", input_shape=SHAPE, num_classes=K, classes=("a", "b", "c", "d"),
                      defense=spec.to_dict())
@@ -99,13 +89,13 @@ def used(client: httpx.Client, headers: dict = ALICE) -> int:
 # -- endpoints ------------------------------------------------------------------------------------------------
 
 def test_health_info_and_openapi(serve, tmp_path):  # type: ignore[no-untyped-def]
-    spec = DefenseSpec(kind="feature", sigma=0.3, seed=1)
+    spec = DefenseSpec(family="feature", sigma=0.3)
     _, c = serve(spec=spec)
     assert c.get("/healthz").json() == {"status": "ok"}
     info = c.get("/v1/info").json()
     assert info["model"] == "tiny" and info["input_shape"] == [1, 8, 8] and info["num_classes"] == K
     assert info["classes"] == ["a", "b", "c", "d"] and info["output"] == "scores"
-    assert info["defense"] == {"kind": "feature"}  # sigma stays private unless the operator exposes it
+    assert info["defense"] == {"family": "feature"}  # sigma stays private unless the operator exposes it
     assert info["max_batch"] == 16 and info["max_body_bytes"] == 64 * 1024
     schema = c.get("/openapi.json").json()
     assert "/v1/predict" in schema["paths"] and "/v1/info" in schema["paths"]
@@ -151,7 +141,7 @@ def test_output_kinds(serve, output):  # type: ignore[no-untyped-def]
 
 
 def test_fresh_noise_per_request_and_seeded_sequence(serve, tmp_path):  # type: ignore[no-untyped-def]
-    spec = DefenseSpec(kind="feature", sigma=0.5, seed=3)
+    spec = DefenseSpec(family="feature", sigma=0.5)
     x = images(2)
     answers = []
     for run in range(2):
@@ -362,7 +352,7 @@ def test_cli_builds_a_defended_server(tmp_path):  # type: ignore[no-untyped-def]
     with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url) as c:
         info = c.get("/v1/info").json()
         assert info["model"] == "fmnist-vgg" and info["input_shape"] == [1, 28, 28] and info["output"] == "probs"
-        assert info["defense"] == {"kind": "feature"} and info["classes"][0] == "T-shirt/top"
+        assert info["defense"] == {"family": "feature"} and info["classes"][0] == "T-shirt/top"
         x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
         r1, r2 = (c.post("/v1/predict", json=encode_float32(x), headers={"X-API-Key": "sk-test"}) for _ in range(2))
         p1, p2 = torch.tensor(r1.json()["scores"]), torch.tensor(r2.json()["scores"])
@@ -372,10 +362,12 @@ def test_cli_builds_a_defended_server(tmp_path):  # type: ignore[no-untyped-def]
             "name": "tester", "used": 6, "budget": 100, "remaining": 94, "per_second": 50, "per_minute": None}
 
 
-def test_cli_refuses_bad_settings(tmp_path):  # type: ignore[no-untyped-def]
+def test_cli_refuses_bad_settings(tmp_path, capsys):  # type: ignore[no-untyped-def]
     from rfd.cli.main import main
 
     keys = tmp_path / "keys.yaml"
     keys.write_text("keys:\n  sk-test:\n    name: tester\n    budgett: 100\n")
     rc = main(["serve", "--model", "fmnist-vgg", "--keys", str(keys), "--db", str(tmp_path / "q.sqlite"), "-q"])
     assert rc == 2
+    err = capsys.readouterr().err  # refused for the misspelt key setting, named with the allowed ones
+    assert "unknown settings ['budgett']" in err and "budget" in err.split("allowed:", 1)[1]

@@ -32,7 +32,7 @@ from rfd.analysis.sampling import child_seed, input_proposals, margin_rows
 from rfd.analysis.stats import quantiles
 from rfd.analysis.taps import INPUT, TapFn, check_layer_names, tap_layers
 
-__all__ = ["ApproxErrorResult", "input_loss_changes", "input_approx_error", "feature_approx_error"]
+__all__ = ["ApproxErrorResult", "feature_approx_error", "input_approx_error", "input_loss_changes"]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from rfd.analysis.taps import INPUT, check_layer_names, tap_layers
 from rfd.blackbox.losses import margin_loss
 
-__all__ = ["MarginGradients", "margin_gradients", "check_eval_mode", "model_device"]
+__all__ = ["MarginGradients", "check_eval_mode", "margin_gradients", "model_device"]
 
 
 def check_eval_mode(model: nn.Module) -> None:

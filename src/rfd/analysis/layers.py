@@ -36,7 +36,7 @@ from rfd.analysis.taps import INPUT, PENULTIMATE, check_layer_names
 from rfd.analysis.theorem1 import defense_for_layer, predicted_flip_probability
 from rfd.defenses import classifier_name, defend
 
-__all__ = ["candidate_layers", "METRICS", "LayerRanking", "rank_layers", "confirm_with_attack"]
+__all__ = ["METRICS", "LayerRanking", "candidate_layers", "confirm_with_attack", "rank_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,7 @@ def confirm_with_attack(
         raise ValueError(f"top must be >= 1, got {top}")
     rows = []
     for r in ranking.rows[:top]:
-        spec = defense_for_layer(r["layer"], r["sigma"] ** 2, seed)
-        defended = defend(model, spec)
+        defended = defend(model, defense_for_layer(r["layer"], r["sigma"] ** 2), seed=seed)
         try:
             bb = LocalBlackBox(defended, budget=budget, verify=verify)
             atk = make_attack(attack, norm=norm, eps=eps, budget=budget, seed=seed)

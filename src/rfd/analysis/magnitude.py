@@ -28,7 +28,7 @@ from rfd.analysis.stats import describe
 from rfd.analysis.taps import INPUT, check_layer_names
 from rfd.defenses import DefenseSpec, calibrate
 
-__all__ = ["calibrate_layers", "calibrated_nus", "MagnitudeResult", "robustness_magnitude"]
+__all__ = ["MagnitudeResult", "calibrate_layers", "calibrated_nus", "robustness_magnitude"]
 
 
 def calibrate_layers(
@@ -41,9 +41,9 @@ def calibrate_layers(
     Returns layer -> :meth:`rfd.defenses.CalibrationResult.to_dict` (without the history)."""
     out: dict[str, dict[str, Any]] = {}
     for layer in tqdm(list(layers), desc="calibrate layers", disable=not progress, leave=False):
-        spec = (DefenseSpec(kind="input", seed=seed) if layer == INPUT
-                else DefenseSpec(kind="feature", layers=(layer,), seed=seed))
-        res = calibrate(model, spec, target_drop, calib_x, calib_y, draws=draws, tol=tol, seed=seed,
+        spec = (DefenseSpec(family="input", drop=target_drop) if layer == INPUT
+                else DefenseSpec(family="feature", layers=(layer,), drop=target_drop))
+        res = calibrate(model, spec, calib_x, calib_y, draws=draws, tol=tol, seed=seed,
                         batch_size=batch_size)
         out[layer] = {k: v for k, v in res.to_dict().items() if k != "history"}
     return out

@@ -22,8 +22,16 @@ from rfd.analysis.ratio import RatioResult
 from rfd.analysis.theorem1 import Theorem1Result
 from rfd.jsonable import jsonable
 
-__all__ = ["jsonable", "write_json", "write_csv", "write_ratio", "write_theorem1", "write_approx_error",
-           "write_magnitude", "write_ranking"]
+__all__ = [
+    "jsonable",
+    "write_approx_error",
+    "write_csv",
+    "write_json",
+    "write_magnitude",
+    "write_ranking",
+    "write_ratio",
+    "write_theorem1",
+]
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

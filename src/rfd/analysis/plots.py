@@ -21,7 +21,7 @@ from rfd.analysis.magnitude import MagnitudeResult
 from rfd.analysis.ratio import RatioResult
 from rfd.analysis.theorem1 import Theorem1Result
 
-__all__ = ["plot_ratios", "plot_theorem1", "plot_approx_error", "plot_magnitude", "plot_ranking"]
+__all__ = ["plot_approx_error", "plot_magnitude", "plot_ranking", "plot_ratios", "plot_theorem1"]
 
 _BEFORE, _AFTER = "#4C72B0", "#DD8452"
 

@@ -25,7 +25,7 @@ from rfd.analysis.gradients import MarginGradients, check_eval_mode, margin_grad
 from rfd.analysis.stats import describe
 from rfd.analysis.taps import check_layer_names
 
-__all__ = ["StepConfig", "adversarial_step", "RatioResult", "gradient_ratios"]
+__all__ = ["RatioResult", "StepConfig", "adversarial_step", "gradient_ratios"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from torch import nn
 
 from rfd.blackbox.losses import margin_loss
 
-__all__ = ["child_seed", "input_proposals", "margin_rows", "images_per_chunk"]
+__all__ = ["child_seed", "images_per_chunk", "input_proposals", "margin_rows"]
 
 
 def child_seed(seed: int, *keys: object) -> int:

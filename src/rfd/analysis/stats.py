@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["quantiles", "describe", "pearson", "spearman", "rank_average"]
+__all__ = ["describe", "pearson", "quantiles", "rank_average", "spearman"]
 
 
 def _finite(v: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from rfd.defenses.layers import resolve_layers
 
-__all__ = ["INPUT", "PENULTIMATE", "TapFn", "tap_layers", "check_layer_names"]
+__all__ = ["INPUT", "PENULTIMATE", "TapFn", "check_layer_names", "tap_layers"]
 
 INPUT = "input"  # the [0, 1] image: the place of the input-noise defense (RND)
 PENULTIMATE = "penultimate"  # the input of the final classifier layer

@@ -41,7 +41,7 @@ from rfd.analysis.stats import pearson, quantiles, spearman
 from rfd.analysis.taps import INPUT, check_layer_names
 from rfd.defenses import DefenseSpec, defend
 
-__all__ = ["predicted_flip_probability", "defense_for_layer", "measure_flip_rate", "Theorem1Result", "theorem1"]
+__all__ = ["Theorem1Result", "defense_for_layer", "measure_flip_rate", "predicted_flip_probability", "theorem1"]
 
 
 def predicted_flip_probability(
@@ -68,14 +68,14 @@ def predicted_flip_probability(
     return torch.atan(-torch.rsqrt(s)) / math.pi + 0.5  # s = 0 -> rsqrt = inf -> probability 0
 
 
-def defense_for_layer(layer: str, nu: float, seed: int) -> DefenseSpec:
+def defense_for_layer(layer: str, nu: float) -> DefenseSpec:
     """The defense whose noise variance at ``layer`` is ``nu``: input noise for ``"input"``, else feature noise."""
     if not nu >= 0:
         raise ValueError(f"nu must be >= 0, got {nu}")
     sigma = math.sqrt(nu)
     if layer == INPUT:
-        return DefenseSpec(kind="input", sigma=sigma, seed=seed)
-    return DefenseSpec(kind="feature", sigma=sigma, layers=(layer,), seed=seed)
+        return DefenseSpec(family="input", sigma=sigma)
+    return DefenseSpec(family="feature", sigma=sigma, layers=(layer,))
 
 
 @torch.no_grad()
@@ -266,8 +266,7 @@ def theorem1(
         for li, layer in enumerate(names):
             for vi, nu in enumerate(grid[layer]):
                 dseed = child_seed(seed, "defense", layer, float(nu), float(mu)) % 2**31
-                spec = defense_for_layer(layer, float(nu), dseed)
-                defended = defend(model, spec)
+                defended = defend(model, defense_for_layer(layer, float(nu)), seed=dseed)
                 try:
                     measured[li, vi, mi] = measure_flip_rate(defended, x, y, change, float(mu), draws=draws,
                                                              proposal_seed=pseed, batch_size=batch_size).cpu()

@@ -1,15 +1,18 @@
-"""What every query-based attack shares: config, input checks, budgets, active masks, verification, result.
+"""What every attack shares: config, input checks, budgets, active masks, verification, result.
 
 An attack subclasses :class:`Attack`, declares its config dataclass and implements ``_run(state, gen)`` using
-only :class:`AttackState` (which wraps the black box). The base ``run`` does everything else once.
+only :class:`AttackState` (which wraps the black box). The base ``run`` does everything else once: it checks the
+images, that the black box gives the access the attack needs (:meth:`Attack.blackbox_access`, gradients for
+white-box attacks: :attr:`~rfd.blackbox.base.BlackBox.supports_gradients`), the budgets, and builds the result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -17,12 +20,16 @@ from tqdm.auto import tqdm
 from rfd.attacks.projections import project
 from rfd.attacks.result import AttackResult
 from rfd.attacks.rng import SampleStreams
-from rfd.blackbox.base import BlackBox
+from rfd.blackbox.base import Access, BlackBox, GradientsUnavailable
 from rfd.blackbox.losses import margin_loss
 from rfd.blackbox.threat import ThreatModel, distances
 from rfd.data.checks import check_images_labels
 
-__all__ = ["AttackConfig", "Attack", "AttackState"]
+__all__ = ["Attack", "AttackAccess", "AttackConfig", "AttackState"]
+
+# What an attack needs of the black box: scores (score-based), labels (decision-based) or gradients (white-box:
+# the black box must support gradients, and answers scores too)
+AttackAccess = Literal["scores", "labels", "gradients"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,9 +130,10 @@ class AttackState:
         return out
 
     def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """White-box attacks only (needs a LocalBlackBox): logits (eot, B, K) of x for samples idx,
-        differentiable w.r.t. x; costs ``eot`` queries per row."""
-        out = self.bb.logits_with_grad(x, idx, repeats=self.config.eot)  # type: ignore[attr-defined]
+        """White-box attacks only (a black box that ``supports_gradients``): raw logits (eot, B, K) of
+        ``eot`` forwards of x (B, C, H, W) for samples idx (B,), differentiable w.r.t. x; costs ``eot`` queries
+        per row (see :meth:`~rfd.blackbox.base.BlackBox.logits_with_grad`)."""
+        out = self.bb.logits_with_grad(x, idx, repeats=self.config.eot)
         self._tick()
         return out
 
@@ -179,16 +187,22 @@ class AttackState:
 
 
 class Attack(ABC):
-    """Base of all query-based attacks. Subclasses set ``name``, ``access`` and ``norms`` and implement _run.
+    """Base of all attacks. Subclasses set ``name``, ``access``, ``norms`` and ``config_class`` and implement
+    ``_run``.
+
+    Build one with its settings as keywords (``Square(norm="linf", eps=0.05, budget=1000)``), or a config
+    instance, optionally with keyword overrides (``Square(cfg, seed=1)``). A setting the config dataclass does
+    not have raises ValueError naming it and listing the valid ones (the same for :func:`make_attack`).
 
     The attack object keeps no state between calls: ``run`` may be called again on other images."""
 
-    name: ClassVar[str] = "attack"
-    access: ClassVar[str] = "scores"  # "scores", "labels" or "gradients" (white-box: a LocalBlackBox)
+    name: ClassVar[str] = "attack"  # registry name
+    access: ClassVar[AttackAccess] = "scores"  # what it needs of the black box; see blackbox_access()
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
 
     def __init__(self, config: AttackConfig | None = None, **kwargs: Any) -> None:
+        self._check_settings(kwargs)
         if config is None:
             config = self.config_class(**kwargs)
         elif kwargs:
@@ -199,16 +213,50 @@ class Attack(ABC):
             raise ValueError(f"{self.name} supports norms {self.norms}, got {config.norm!r}")
         self.config = config
 
+    @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """Names of the settings the attack takes (the fields of its config dataclass), in field order."""
+        return tuple(f.name for f in dataclasses.fields(cls.config_class) if f.init)
+
+    @classmethod
+    def _check_settings(cls, kwargs: dict[str, Any]) -> None:
+        valid = cls.settings()
+        bad = [k for k in kwargs if k not in valid]
+        if not bad:
+            return
+        named = []
+        for k in bad:
+            close = difflib.get_close_matches(k, valid, n=1)
+            named.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+        raise ValueError(f"{cls.__name__}: unknown setting{'s' if len(bad) > 1 else ''} {', '.join(named)}; "
+                         f"valid settings ({cls.config_class.__name__}): {', '.join(valid)}")
+
+    @classmethod
+    def blackbox_access(cls) -> Access:
+        """The access to ask the black box for: ``"labels"`` for decision-based attacks, ``"scores"`` for
+        score-based and white-box ones (white-box attacks also need ``bb.supports_gradients``: ``access ==
+        "gradients"``). The one place that maps :attr:`access` to a black box's ``access``."""
+        return "labels" if cls.access == "labels" else "scores"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
     def run(self, bb: BlackBox, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> AttackResult:
-        """Attack images x (N, C, H, W) in [0, 1] with labels y (N,) through black box ``bb``.
+        """Attack images x (N, C, H, W) float32 in [0, 1] with int labels y (N,) through black box ``bb``.
 
-        The black box's budget, if set, must be at least the attack's; counts are reset by this call."""
+        The black box must give the attack's access (score-based: ``bb.access == "scores"``; white-box:
+        ``bb.supports_gradients``, else :class:`~rfd.blackbox.base.GradientsUnavailable`). Its budget, if set,
+        must be at least the attack's; its counts are reset by this call. Returns the per-sample
+        :class:`~rfd.attacks.result.AttackResult` (tensors on the CPU; distances in pixel units)."""
         check_images_labels(x, y)
         if self.access == "scores" and bb.access != "scores":
             raise ValueError(f"{self.name} is score-based but the black box answers labels only")
+        if self.access == "gradients" and not bb.supports_gradients:
+            raise GradientsUnavailable(
+                f"{self.name} is a white-box attack and needs gradients, but {type(bb).__name__} answers "
+                "scores/labels only (a remote black box, rfd serve, gives no gradients; use a LocalBlackBox "
+                "around an in-process model)"
+            )
         if bb.budget is not None and bb.budget < self.config.budget:
             raise ValueError(f"black-box budget {bb.budget} is below the attack budget {self.config.budget}")
         dev = bb.device

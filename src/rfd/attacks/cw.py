@@ -13,14 +13,14 @@ from rfd.attacks.base import AttackConfig, AttackState
 from rfd.attacks.whitebox import WhiteBoxAttack, cw_margin, eot_objective, objective, pgd_loop
 from rfd.blackbox.losses import margin_loss
 
-__all__ = ["CWConfig", "CarliniWagner", "adam_step", "from_tanh_space", "to_tanh_space"]
+__all__ = ["CarliniWagner", "CarliniWagnerConfig", "adam_step", "from_tanh_space", "to_tanh_space"]
 
 # c above this means "no upper bound found yet" in the binary search (as in Carlini's reference code)
 _NO_UPPER = 1e10
 
 
 @dataclass(frozen=True, kw_only=True)
-class CWConfig(AttackConfig):
+class CarliniWagnerConfig(AttackConfig):
     """Settings of :class:`CarliniWagner` (plus norm, eps, budget, seed, eot of :class:`AttackConfig`).
 
     l_inf: PGD on ``max(Z_y - max_{i != y} Z_i, -kappa)``; queries per sample <= steps * restarts * eot.
@@ -89,8 +89,8 @@ class CarliniWagner(WhiteBoxAttack):
 
     With ``eot=M`` the loss is averaged over M forwards (fresh noise each) and each step costs M queries.
 
-    Args (:class:`CWConfig`): norm, eps, budget, seed, eot, kappa (0), steps (100), step_size, restarts,
-        random_start (l_inf), binary_steps (5), initial_const (0.01), lr (0.01) (l_2).
+    Args (:class:`CarliniWagnerConfig`): norm, eps, budget, seed, eot, kappa (0), steps (100), step_size,
+        restarts, random_start (l_inf), binary_steps (5), initial_const (0.01), lr (0.01) (l_2).
 
     Example::
 
@@ -98,10 +98,10 @@ class CarliniWagner(WhiteBoxAttack):
     """
 
     name: ClassVar[str] = "cw"
-    config_class: ClassVar[type[AttackConfig]] = CWConfig
+    config_class: ClassVar[type[AttackConfig]] = CarliniWagnerConfig
 
     def _run(self, state: AttackState, gen: torch.Generator) -> None:
-        cfg: CWConfig = self.config  # type: ignore[assignment]
+        cfg: CarliniWagnerConfig = self.config  # type: ignore[assignment]
         if cfg.norm == "linf":
             step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / cfg.steps
             pgd_loop(state, objective("margin", cfg.kappa), steps=cfg.steps, step_size=step,
@@ -109,7 +109,7 @@ class CarliniWagner(WhiteBoxAttack):
         else:
             self._run_l2(state, cfg)
 
-    def _run_l2(self, state: AttackState, cfg: CWConfig) -> None:
+    def _run_l2(self, state: AttackState, cfg: CarliniWagnerConfig) -> None:
         cost = cfg.eot
         idx = state.active_idx(cost)
         if idx.numel() == 0:

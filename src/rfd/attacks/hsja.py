@@ -82,7 +82,7 @@ class HopSkipJump(Attack):
     """
 
     name: ClassVar[str] = "hsja"
-    access: ClassVar[str] = "labels"
+    access = "labels"
     norms: ClassVar[tuple[str, ...]] = ("l2", "linf")
     config_class: ClassVar[type[AttackConfig]] = HopSkipJumpConfig
 

@@ -23,7 +23,7 @@ from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.projections import l2_normalize
 from rfd.attacks.rng import RowDraws
 
-__all__ = ["NESAttack", "NESConfig", "nes_directions", "nes_gradient", "nes_step", "plateau_update"]
+__all__ = ["NES", "NESConfig", "nes_directions", "nes_gradient", "nes_step", "plateau_update"]
 
 # Upper bound on the elements of one probe batch (bounds memory for large images; same numbers either way).
 _MAX_PROBE_ELEMENTS = 2**25
@@ -31,7 +31,7 @@ _MAX_PROBE_ELEMENTS = 2**25
 
 @dataclass(frozen=True, kw_only=True)
 class NESConfig(AttackConfig):
-    """Settings of :class:`NESAttack` (plus norm, eps, budget, seed, eot of :class:`AttackConfig`).
+    """Settings of :class:`NES` (plus norm, eps, budget, seed, eot of :class:`AttackConfig`).
 
     Fields left None take the paper's value for the norm."""
 
@@ -139,7 +139,7 @@ def plateau_update(lr: torch.Tensor, history: torch.Tensor, count: torch.Tensor,
     return lr, history, count
 
 
-class NESAttack(Attack):
+class NES(Attack):
     """NES, score-based, l_inf or l_2, minimising the margin loss (paper eq. 3).
 
     One iteration per active image: ``samples`` probes ``clip(x +- fd_step u)`` (antithetic pairs, u ~ N(0, I)),
@@ -160,7 +160,7 @@ class NESAttack(Attack):
       iteration's step, as in their code. Their lr line search (extra queries per step) is not included.
 
     Example:
-        >>> res = NESAttack(norm="linf", eps=0.05, budget=10000).run(LocalBlackBox(model, budget=10000), x, y)
+        >>> res = NES(norm="linf", eps=0.05, budget=10000).run(LocalBlackBox(model, budget=10000), x, y)
     """
 
     name = "nes"

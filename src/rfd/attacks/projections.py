@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["project_linf", "project_l2", "project", "l2_normalize"]
+__all__ = ["l2_normalize", "project", "project_l2", "project_linf"]
 
 
 def project_linf(x: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ class RayS(Attack):
     """
 
     name: ClassVar[str] = "rays"
-    access: ClassVar[str] = "labels"
+    access = "labels"
     norms: ClassVar[tuple[str, ...]] = ("linf",)
     config_class: ClassVar[type[AttackConfig]] = RaySConfig
 

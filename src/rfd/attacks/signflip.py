@@ -78,7 +78,7 @@ class SignFlip(Attack):
     """
 
     name: ClassVar[str] = "signflip"
-    access: ClassVar[str] = "labels"
+    access = "labels"
     norms: ClassVar[tuple[str, ...]] = ("linf",)
     config_class: ClassVar[type[AttackConfig]] = SignFlipConfig
 

@@ -71,7 +71,7 @@ class SignHunt(Attack):
     mean; the all-ones probe that starts each round (always taken) is estimated by the mean of ``1 + M``
     evaluations too. This is the explicit-averaging (resampling) remedy of noisy optimization (Jin & Branke,
     "Evolutionary optimization in uncertain environments - a survey", IEEE TEC 2005), not part of Al-Dujaili &
-    O'Reilly; the same rule as :class:`~rfd.attacks.square.SquareAttack`'s ``resample``. Cost: ``eot`` per
+    O'Reilly; the same rule as :class:`~rfd.attacks.square.Square`'s ``resample``. Cost: ``eot`` per
     probe plus ``M * eot`` per probe that looks as good. An image whose remaining budget cannot pay the M extra
     evaluations does not keep the flip (it is not re-evaluated; its single evaluation can still be claimed). A
     probe is claimed (offered to the majority vote) when the mean of the evaluations it got is negative.

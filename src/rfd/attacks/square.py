@@ -30,7 +30,7 @@ from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.rng import RowDraws
 
 __all__ = [
-    "SquareAttack",
+    "Square",
     "SquareConfig",
     "l2_window_size",
     "linf_window_size",
@@ -56,7 +56,7 @@ _MAX_RESAMPLE_ELEMENTS = 2**25
 
 @dataclass(frozen=True, kw_only=True)
 class SquareConfig(AttackConfig):
-    """Settings of :class:`SquareAttack` (plus norm, eps, budget, seed, eot of :class:`AttackConfig`)."""
+    """Settings of :class:`Square` (plus norm, eps, budget, seed, eot of :class:`AttackConfig`)."""
 
     # Initial fraction of pixels changed per step (the paper: 0.05 for l_inf, 0.1 for l_2); None = that default.
     p_init: float | None = None
@@ -321,7 +321,7 @@ def l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, s: int, rows
     return x_new
 
 
-class SquareAttack(Attack):
+class Square(Attack):
     """Square attack, score-based, l_inf or l_2, minimising the margin loss (paper eq. 3).
 
     Each iteration costs ``eot`` queries per active image (one margin evaluation, averaged over ``eot``
@@ -346,7 +346,7 @@ class SquareAttack(Attack):
 
     Example:
         >>> bb = LocalBlackBox(model, budget=1000)
-        >>> res = SquareAttack(norm="linf", eps=0.05, budget=1000).run(bb, x, y)
+        >>> res = Square(norm="linf", eps=0.05, budget=1000).run(bb, x, y)
         >>> res.robust_accuracy(100), res.robust_accuracy(1000)
     """
 

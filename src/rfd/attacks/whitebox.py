@@ -1,7 +1,8 @@
 """What the white-box attacks (PGD, C&W) share: the base class, objectives, update rules and the PGD loop.
 
-White-box attacks differentiate the model, so they need a :class:`~rfd.blackbox.local.LocalBlackBox` (they
-use its model through ``logits_with_grad``). They still go through the same
+White-box attacks differentiate the model, so they need a black box that ``supports_gradients`` (a
+:class:`~rfd.blackbox.local.LocalBlackBox` around an in-process model); they reach the model only through
+:meth:`~rfd.blackbox.base.BlackBox.logits_with_grad`. They still go through the same
 :class:`~rfd.attacks.base.AttackState`: every forward/backward pass is charged as one query per sample
 (``eot`` of them per gradient when gradients are averaged over noise draws, EOT), and success is decided by
 the black box's uncounted majority vote plus the eps-ball test, exactly as for the query-based attacks.
@@ -18,10 +19,7 @@ import torch.nn.functional as F
 
 from rfd.attacks.base import Attack, AttackState
 from rfd.attacks.projections import l2_normalize
-from rfd.attacks.result import AttackResult
 from rfd.attacks.rng import RowDraws
-from rfd.blackbox.base import BlackBox
-from rfd.blackbox.local import LocalBlackBox
 from rfd.blackbox.losses import margin_loss
 
 __all__ = [
@@ -136,17 +134,8 @@ def pgd_loop(state: AttackState, obj: Objective, *, steps: int, step_size: float
 
 
 class WhiteBoxAttack(Attack):
-    """Base of the gradient-based attacks: ``run`` needs a :class:`LocalBlackBox` (its model is
-    differentiated); everything else (checks, clean majority vote, budgets, result) is the common
-    :class:`Attack` machinery."""
+    """Base of the gradient-based attacks (``access = "gradients"``): ``run`` needs a black box that
+    ``supports_gradients`` (else :class:`~rfd.blackbox.base.GradientsUnavailable`); everything else (checks,
+    clean majority vote, budgets, result) is the common :class:`Attack` machinery."""
 
     access = "gradients"
-
-    def run(self, bb: BlackBox, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> AttackResult:
-        """Attack images x (N, C, H, W) in [0, 1] with labels y (N,); ``bb`` must be a LocalBlackBox."""
-        if not isinstance(bb, LocalBlackBox):
-            raise TypeError(
-                f"{self.name} is a white-box attack: it needs a LocalBlackBox around the model, "
-                f"got {type(bb).__name__}"
-            )
-        return super().run(bb, x, y, progress=progress)

@@ -2,7 +2,12 @@
 
 It counts queries per sample, enforces per-sample budgets, and decides success by majority vote: uncounted, as
 in the paper's evaluation (Appendix D.4), or ``charged`` to the attacker's budget, as a real API attacker pays.
-Votes stop as soon as the majority is decided, and every check is accounted per sample."""
+Votes stop as soon as the majority is decided, and every check is accounted per sample.
+
+Capabilities. Every black box answers :meth:`~BlackBox.scores` or :meth:`~BlackBox.labels`. Gradients are an
+optional capability: a black box with ``supports_gradients`` (:class:`~rfd.blackbox.local.LocalBlackBox`, an
+in-process model) also answers :meth:`~BlackBox.logits_with_grad`, which white-box attacks (PGD, C&W) use; the
+others raise :class:`GradientsUnavailable`."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import torch
 
 from rfd.blackbox.threat import ThreatModel
 
-__all__ = ["Access", "BlackBox", "BudgetExceeded", "CheckMode", "votes_needed"]
+__all__ = ["Access", "BlackBox", "BudgetExceeded", "CheckMode", "GradientsUnavailable", "votes_needed"]
 
 Access = Literal["scores", "labels"]
 CheckMode = Literal["free", "charged"]
@@ -28,11 +33,17 @@ class BudgetExceeded(RuntimeError):
     """Raised when a query would take a sample past its budget (an attack bug: attacks must check first)."""
 
 
+class GradientsUnavailable(ValueError):
+    """Raised when gradients are asked of a black box that answers only scores or labels
+    (``supports_gradients`` is False), e.g. a white-box attack against a remote endpoint."""
+
+
 class BlackBox(ABC):
     """Query access to a (possibly randomized) classifier.
 
     Subclasses implement :meth:`_forward` (one forward of a batch, returning scores (B, K)). Everything an
-    attacker pays for goes through :meth:`scores` or :meth:`labels`, which add to the per-sample counts.
+    attacker pays for goes through :meth:`scores`, :meth:`labels` or (white-box, where ``supports_gradients``)
+    :meth:`logits_with_grad`, which add to the per-sample counts.
 
     Args:
         access: ``"scores"`` (logits or probabilities) or ``"labels"`` (hard labels only).
@@ -73,6 +84,13 @@ class BlackBox(ABC):
         self._check_forwards = torch.zeros(0, dtype=torch.int64)
         self.verification_forwards = 0  # uncounted forwards of success checks (clean check included)
         self.reevaluation_forwards = 0  # uncounted forwards of the final re-evaluation
+
+    # -- capabilities -------------------------------------------------------------------------------
+    @property
+    def supports_gradients(self) -> bool:
+        """Whether :meth:`logits_with_grad` is answered (white-box access to a differentiable model). False
+        here; a black box around an in-process model (:class:`~rfd.blackbox.local.LocalBlackBox`) says True."""
+        return False
 
     # -- to implement -------------------------------------------------------------------------------
     @property
@@ -168,6 +186,19 @@ class BlackBox(ABC):
             return self._forward_labels(x)
         votes = torch.stack([self._forward_labels(x) for _ in range(repeats)], 1)
         return torch.mode(votes, 1).values
+
+    def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
+        """White-box access (PGD, C&W), only where :attr:`supports_gradients`: raw logits (repeats, B, K) of
+        ``repeats`` independent forwards of images ``x`` (B, C, H, W) in [0, 1] for samples ``idx`` (B,), with
+        the autograd graph kept so the caller can differentiate any function of them w.r.t. ``x`` (or w.r.t.
+        whatever ``x`` was computed from). Each row costs ``repeats`` queries (EOT: M forwards = M queries), as
+        a score query does, so white-box budgets compare with score-based ones.
+
+        Raises :class:`GradientsUnavailable` here; black boxes that can differentiate their model override it."""
+        raise GradientsUnavailable(
+            f"white-box attacks need gradients; {type(self).__name__} answers scores/labels only "
+            "(use a LocalBlackBox around an in-process model)"
+        )
 
     # -- success check -----------------------------------------------------------------------------------
     def _uncounted_labels(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ class LocalBlackBox(BlackBox):
             than at 3000 (activations stop fitting in cache; measured on the reference models), and NES asks for
             n x 60 rows at once. A randomized model draws its noise per chunk.
         access, budget, verify, check, reevaluate: see :class:`BlackBox`.
+
+    It supports gradients (:meth:`logits_with_grad`), so white-box attacks run through it.
     """
 
     def __init__(
@@ -66,14 +68,20 @@ class LocalBlackBox(BlackBox):
             raise AttributeError("num_classes unknown: pass num_classes= to LocalBlackBox")
         return self._num_classes
 
+    @property
+    def supports_gradients(self) -> bool:
+        """True: the in-process model can be differentiated (:meth:`logits_with_grad`)."""
+        return True
+
     def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
         """White-box access (PGD, C&W): logits (repeats, B, K) of ``repeats`` independent forwards of images x
-        (B, C, H, W) for samples idx (B,), keeping the autograd graph so callers can differentiate w.r.t. x.
+        (B, C, H, W) in [0, 1] for samples idx (int64 (B,)), keeping the autograd graph so callers can
+        differentiate w.r.t. x (see :meth:`BlackBox.logits_with_grad`).
 
-        Always raw logits (``output`` only shapes score answers). Each row costs ``repeats`` queries: a
-        white-box gradient pass is charged like the forward it needs, so budgets compare with score-based
-        attacks. The repeats run as one batch of repeats * B rows; a randomized model draws fresh noise for
-        every row."""
+        Always raw logits (``output`` only shapes score answers), whatever ``access`` is. Each row costs
+        ``repeats`` queries: a white-box gradient pass is charged like the forward it needs, so budgets compare
+        with score-based attacks. The repeats run as one batch of repeats * B rows (in chunks of ``max_batch``);
+        a randomized model draws fresh noise for every row."""
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         self._charge(idx, x, repeats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["margin_loss", "cross_entropy_loss"]
+__all__ = ["cross_entropy_loss", "margin_loss"]
 
 
 def margin_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

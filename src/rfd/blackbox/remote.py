@@ -18,11 +18,14 @@ import base64
 import logging
 import math
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rfd.blackbox.base import Access, BlackBox, CheckMode
+from rfd.blackbox.base import Access, BlackBox, CheckMode, GradientsUnavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["RemoteBlackBox", "RemoteError", "encode_float32"]
 
@@ -65,7 +68,8 @@ class RemoteBlackBox(BlackBox):
         max_batch: most images per HTTP request (default: what the server and the key's rate limits allow).
 
     Images leave as the compact ``f32`` format (base64 little-endian float32, exact); answers come back as
-    float32 tensors on the CPU. Raises :class:`RemoteError` with the server's message on any refusal.
+    float32 tensors on the CPU. Raises :class:`RemoteError` with the server's message on any refusal. No
+    gradients (``supports_gradients`` is False): white-box attacks cannot run against a served model.
     """
 
     def __init__(
@@ -228,6 +232,13 @@ class RemoteBlackBox(BlackBox):
     def _forward_labels(self, x: torch.Tensor) -> torch.Tensor:
         return self._predict(x)["labels"]
 
+    def logits_with_grad(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
+        """Not available (``supports_gradients`` is False): raises :class:`GradientsUnavailable`."""
+        raise GradientsUnavailable(
+            f"white-box attacks need gradients; a remote black box (rfd serve at {self.url}) answers "
+            "scores/labels only"
+        )
+
     def _uncounted_labels(self, x: torch.Tensor) -> torch.Tensor:
         # Uncounted checks and re-evaluations go to the verification key (the same key unless verify_api_key
         # was given); charged checks go to the attacker's key like any query.
@@ -241,7 +252,7 @@ class RemoteBlackBox(BlackBox):
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> RemoteBlackBox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["ThreatModel", "Norm", "distances", "BALL_TOL"]
+__all__ = ["BALL_TOL", "Norm", "ThreatModel", "distances"]
 
 Norm = Literal["linf", "l2"]
 # Float32 slack for "inside the ball": projections are exact up to rounding, never more than this.

@@ -10,9 +10,10 @@ import argparse
 from typing import Any
 
 from rfd.cli.common import CLIError, add_common, emit, resolve_device
+from rfd.cli.data_args import add_data_args, data_spec_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
 
-__all__ = ["register", "ANALYSES"]
+__all__ = ["ANALYSES", "register"]
 
 ANALYSES = ("ratio", "theorem1", "magnitude", "approx-error", "layers")
 
@@ -93,13 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ flag groups
 def _shared(q: argparse.ArgumentParser, *, n_default: int) -> None:
     add_model_args(q)
+    add_data_args(q)
     q.add_argument("--layers", nargs="+", default=None, metavar="L",
                    help="layers to analyse: 'input', 'penultimate' or module names (default: the model's main "
                    "blocks, see rfd.analysis.candidate_layers)")
-    q.add_argument("--data", default="bundled",
-                   help="dataset: 'bundled' (default; Fashion-MNIST eval split analysed, calib split for sigma) or a "
-                   "name from `rfd data` (its test split: analysed images and a disjoint calibration subset)")
-    q.add_argument("--data-path", default=None, help="folder of --data when it has no default location")
     q.add_argument("--n", type=int, default=n_default,
                    help=f"class-balanced images drawn from the analysis split (default {n_default})")
     q.add_argument("--all-images", action="store_true",
@@ -118,7 +116,6 @@ def _step_args(q: argparse.ArgumentParser) -> None:
 
 def _calib_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--drop", type=float, default=0.02, help="clean-accuracy drop every sigma costs (default 0.02)")
-    q.add_argument("--calib-n", type=int, default=1000, help="calibration images (default 1000)")
     q.add_argument("--calib-draws", type=int, default=10, help="noise draws per sigma while calibrating (default 10)")
 
 
@@ -134,33 +131,22 @@ def _nu_args(q: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
     """Model, analysed images and calibration images the flags describe."""
     from rfd.analysis import candidate_layers, select_images
-    from rfd.data.bundled import load_bundled
-    from rfd.data.registry import load_dataset
-    from rfd.data.selection import balanced_indices
+    from rfd.data import calibration_indices
 
     if args.n is not None and args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     model = model_from_args(args, device)
-    if args.data == "bundled":
-        ev, cal = load_bundled("eval"), load_bundled("calib")
-        cal_x, cal_y = cal.images, cal.labels
-    else:
-        ev = load_dataset(args.data, "test", args.data_path)
-        cal = None
+    data = data_spec_from_args(args)
+    ev = data.load(data.eval_split)
     shape = getattr(model, "input_shape", None)
     if shape is not None and tuple(ev.images.shape[1:]) != tuple(shape):
         raise CLIError(f"{ev.name} images are {tuple(ev.images.shape[1:])} but {args.model} expects {tuple(shape)}; "
                        "pick --data of the model's dataset")
     x, y, idx = select_images(model, ev.images, ev.labels, args.n, seed=args.seed,
                               correct_only=not args.all_images)
-    if cal is None:
-        n_cal = min(getattr(args, "calib_n", 1000), ev.labels.shape[0] - idx.numel())
-        ci = balanced_indices(ev.labels, n_cal, seed=args.seed + 1, exclude=idx)
-        cal_x, cal_y = ev.images[ci], ev.labels[ci]
-    elif getattr(args, "calib_n", None) is not None and args.calib_n < cal_y.shape[0]:
-        ci = balanced_indices(cal_y, args.calib_n, seed=args.seed + 1)
-        cal_x, cal_y = cal_x[ci], cal_y[ci]
+    cal, cidx = calibration_indices(data, ev, idx, args.seed)
+    cal_x, cal_y = cal.images[cidx], cal.labels[cidx]
     layers = list(args.layers) if args.layers else candidate_layers(model)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": ev.name, "images": int(idx.numel()),
             "correct_only": not args.all_images, "seed": args.seed, "layers": layers}

@@ -4,7 +4,6 @@ black box on a class-balanced, seeded selection of the bundled evaluation images
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfd.cli.common import CLIError, add_common, emit, resolve_device
-from rfd.cli.defense_args import add_defense_args, build_defense
+from rfd.cli.common import CLIError, add_common, emit, parse_key_values, resolve_device
+from rfd.cli.data_args import add_data_args, data_spec_from_args
+from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     presets = "; ".join(f"{k}: linf {v.linf:g}, l2 {v.l2:g}" for k, v in EPS_PRESETS.items())
     p = sub.add_parser(
-        "attack", help="run one attack on N bundled eval images and report robust accuracy",
+        "attack", help="run one attack on N evaluation images and report robust accuracy",
         description="Attack a (defended) model through a black box that counts every query, on a class-balanced "
-        "seeded selection of N images of the bundled evaluation split. A sample counts as broken only when the "
+        "seeded selection of N images of the evaluation split (default: the bundled one). A sample counts as broken only when the "
         "majority of --verify forwards (not charged, unless --check charged) misclassify an image inside the "
         "eps-ball. Each final image is then classified again with --reevaluate fresh forwards, and robust "
         "accuracy is read three ways: paper (the check passed), strict (the final image is also misclassified in "
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "image), each with a 95%% interval, at every --checkpoints budget from one run.",
     )
     add_model_args(p)
+    add_data_args(p)
     add_defense_args(p)
     g = p.add_argument_group("served model (rfd serve)")
     g.add_argument("--remote", default=None, metavar="URL",
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, required=True, help="queries per image (EOT repetitions included)")
     p.add_argument("--checkpoints", default=None, metavar="B1,B2,...",
                    help="also report robust accuracy at these budgets (each <= --budget), e.g. 100,1000")
-    p.add_argument("--n", type=int, required=True, help="number of images (class-balanced, at most 1000)")
+    p.add_argument("--n", type=int, required=True, help="number of images (class-balanced, at most the split's size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image selection and the attack (default 0)")
     p.add_argument("--verify", type=int, default=9,
                    help="votes per success check, majority decides, voting stops once decided (default 9; 1 = "
@@ -85,36 +86,12 @@ def _parse_checkpoints(text: str | None, budget: int) -> list[int]:
     return cps
 
 
-def _parse_attack_args(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--attack-arg {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def default_eps(model_name: str, norm: str) -> tuple[float, str]:
-    """The preset eps of the model's dataset: registry models name their dataset, timm models are ImageNet's."""
-    from rfd.eval.presets import eps_preset
-    from rfd.models import get_entry
-
-    dataset = "imagenet" if model_name.startswith("timm:") else get_entry(model_name).dataset
-    return eps_preset(dataset, norm), dataset
-
-
 def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, budget: int) -> Any:
     """The black box the attack queries. One place to build it, so another backend (a remote endpoint) can be
     chosen here from the flags."""
     from rfd.blackbox import LocalBlackBox, RemoteBlackBox
 
     if getattr(args, "remote", None):
-        if access not in ("scores", "labels"):
-            raise CLIError("white-box attacks need the model's gradients; they cannot run against --remote")
         if not args.api_key:
             raise CLIError("--remote needs --api-key")
         if args.defense != "none":
@@ -125,53 +102,35 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
         if bb.info["model"] != args.model:
             log.warning("--model is %s but the server at %s serves %s", args.model, args.remote, bb.info["model"])
         return bb
-    # White-box attacks ("gradients") query a local model for scores and gradients.
-    return LocalBlackBox(model, access="labels" if access == "labels" else "scores", budget=budget,
+    return LocalBlackBox(model, access=access, budget=budget,  # type: ignore[arg-type]
                          verify=args.verify, check=args.check, reevaluate=args.reevaluate)
 
 
-def _select_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    from rfd.data.bundled import load_bundled
-    from rfd.data.selection import balanced_indices
-
-    data = load_bundled("eval")
-    if not 1 <= n <= data.labels.shape[0]:
-        raise CLIError(f"--n must be in [1, {data.labels.shape[0]}] (the bundled eval split), got {n}")
-    idx = balanced_indices(data.labels, n, seed=seed, num_classes=len(data.classes))
-    return data.images[idx], data.labels[idx], idx, data.name
-
-
 def run(args: argparse.Namespace) -> int:
-    from rfd.attacks import get_attack_class
+    from rfd.attacks import make_attack
     from rfd.blackbox import RemoteError
+    from rfd.data import select_data
+    from rfd.eval.presets import model_eps
 
     for flag in ("budget", "verify", "eot", "reevaluate"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     checkpoints = _parse_checkpoints(args.checkpoints, args.budget)
     device = resolve_device(args.device)
-    cls = get_attack_class(args.attack)
-    if args.norm not in cls.norms:
-        raise CLIError(f"--attack {args.attack} supports --norm {' or '.join(cls.norms)}, not {args.norm}")
     if args.eps is None:
-        eps, dataset = default_eps(args.model, args.norm)
+        eps, dataset = model_eps(args.model, args.norm)
         log.info("eps %g: the %s preset for %s", eps, dataset, args.norm)
     else:
         eps = args.eps
-    x, y, indices, data_name = _select_images(args.n, args.seed)
+    attack = make_attack(args.attack, norm=args.norm, eps=eps, budget=args.budget, seed=args.seed, eot=args.eot,
+                         **parse_key_values(args.attack_arg, "--attack-arg"))
+    data = data_spec_from_args(args)
     model = model_from_args(args, device)
-    shape = getattr(model, "input_shape", None)
-    if shape is not None and tuple(shape) != tuple(x.shape[1:]):
-        raise CLIError(f"model {args.model} expects images of shape {tuple(shape)} but the bundled eval images "
-                       f"are {tuple(x.shape[1:])}")
+    selected = select_data(data, args.n, args.seed, input_shape=getattr(model, "input_shape", None))
+    x, y, indices, data_name = selected.images, selected.labels, selected.dataset_index, selected.name
+    defended, info = defend_from_args(args, model, data, indices)
     try:
-        attack = cls(norm=args.norm, eps=eps, budget=args.budget, seed=args.seed, eot=args.eot,
-                     **_parse_attack_args(args.attack_arg))
-    except TypeError as exc:
-        raise CLIError(f"--attack-arg: {exc}") from exc
-    defended, info = build_defense(args, model)
-    try:
-        bb = make_blackbox(args, defended, access=cls.access, budget=args.budget)
+        bb = make_blackbox(args, defended, access=attack.blackbox_access(), budget=args.budget)
         t0 = time.perf_counter()
         res = attack.run(bb, x, y, progress=not args.quiet)
         elapsed = time.perf_counter() - t0
@@ -199,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         _save_images(Path(args.output_images), x, y, indices, res)
         payload["output_images"] = args.output_images
     sigma = "" if info["sigma"] is None else f" sigma {info['sigma']:.4g}"
-    lines = [(f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['kind']}{sigma}, {res.n} images, "
+    lines = [(f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['family']}{sigma}, {res.n} images, "
               f"check {args.verify} votes ({args.check}), re-evaluation {args.reevaluate} forwards:"),
              (f"  clean accuracy {100 * summary['clean_accuracy']:.1f}% (majority vote), "
               f"{100 * summary['expected_clean_accuracy']:.1f}% expected per forward")]

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from rfd.cli.common import CLIError, add_common, emit, resolve_device
-from rfd.defenses import NOISE_KINDS, PENULTIMATE, DefenseSpec, calibrate
+import torch
+
+from rfd.cli.common import add_common, emit, resolve_device
+from rfd.cli.data_args import add_data_args, data_spec_from_args
+from rfd.cli.model_args import add_model_args, model_from_args
+from rfd.defenses import NOISE_FAMILIES, DefenseSpec, calibrate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate", help="find the noise sigma that costs a chosen clean-accuracy drop",
         description="Search sigma (log-scale bracket, then bisection) so that the expected clean accuracy of the "
-        "noisy model, averaged over several noise draws, equals the base accuracy minus --drop, on the bundled "
-        "calibration split (1000 Fashion-MNIST test images disjoint from the eval split).",
+        "noisy model, averaged over several noise draws, equals the base accuracy minus --drop, on the calibration "
+        "images (default: the bundled calibration split, 1000 Fashion-MNIST test images disjoint from the eval "
+        "split).",
     )
-    p.add_argument("--model", required=True, help="registry name (fmnist-vgg, fmnist-resnet, fmnist-vit) or timm:NAME")
-    p.add_argument("--checkpoint", default=None, help="weights file (default: the weights shipped with the model)")
-    p.add_argument("--defense", choices=NOISE_KINDS, default="feature", help="noise family (default: feature)")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--defense", choices=NOISE_FAMILIES, default="feature", help="noise family (default: feature)")
     p.add_argument("--layer", action="append", default=None, metavar="L",
                    help="feature-noise layer from model.named_modules(), or 'penultimate' (default); repeatable")
     p.add_argument("--scaled", action="store_true", help="feature noise in units of each feature's clean std")
@@ -31,39 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    device = resolve_device(args.device)
-    try:
-        from rfd.models.loading import load_model
-    except ImportError:  # pragma: no cover - older trees without the timm loader
-        from rfd.models import create_model
-
-        return create_model(args.model, checkpoint=args.checkpoint, device=device)
-    return load_model(args.model, args.checkpoint, device)
-
-
 def run(args: argparse.Namespace) -> int:
-    from rfd.data.bundled import load_bundled
+    from rfd.data import calibration_indices
 
-    if args.layer and args.defense != "feature":
-        raise CLIError(f"--layer applies to --defense feature only, not {args.defense}")
-    if args.scaled and args.defense != "feature":
-        raise CLIError(f"--scaled applies to --defense feature only, not {args.defense}")
-    if not 0 < args.drop < 1:
-        raise CLIError(f"--drop is an absolute accuracy drop in (0, 1), e.g. 0.02 for two points; got {args.drop}")
-    model = _load(args)
-    spec = DefenseSpec(kind=args.defense, layers=tuple(args.layer) if args.layer else (PENULTIMATE,),
-                       scaled=args.scaled)
-    calib = load_bundled("calib")
-    res = calibrate(model, spec, args.drop, calib.images, calib.labels, draws=args.draws, tol=args.tol,
+    spec = DefenseSpec(family=args.defense, drop=args.drop, layers=tuple(args.layer or ()), scaled=args.scaled)
+    data = data_spec_from_args(args)
+    cal, cidx = calibration_indices(data, data.load(data.eval_split), torch.empty(0, dtype=torch.long), args.seed)
+    model = model_from_args(args, resolve_device(args.device))
+    res = calibrate(model, spec, cal.images[cidx], cal.labels[cidx], draws=args.draws, tol=args.tol,
                     seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, progress=not args.quiet)
-    payload = {"model": args.model, "defense": args.defense, "layers": list(spec.layers) if spec.kind == "feature"
-               else [], "data": calib.name, **res.to_dict()}
+    payload = {"model": args.model, "defense": args.defense, "layers": list(spec.layers), "data": cal.name,
+               **res.to_dict()}
     text = (f"{args.model} {args.defense} noise"
-            + (f" at {', '.join(spec.layers)}" if spec.kind == "feature" else "")
+            + (f" at {', '.join(spec.layers)}" if spec.layers else "")
             + f": sigma {res.sigma:.6g} -> expected accuracy {res.accuracy:.4f} +- {res.accuracy_se:.4f} "
             f"(base {res.base_accuracy:.4f}, drop {res.drop:.4f}, target {res.target_drop:.4f}"
             + ("" if res.converged else ", NOT within tol")
-            + f"); {res.iterations} sigmas, {res.forwards} image forwards on {calib.name}")
+            + f"); {res.iterations} sigmas, {res.forwards} image forwards on {cal.name}")
     emit(args, payload, text)
     return 0

@@ -12,7 +12,7 @@ import torch
 
 from rfd.jsonable import jsonable
 
-__all__ = ["add_common", "emit", "setup_logging", "resolve_device", "to_jsonable", "CLIError"]
+__all__ = ["CLIError", "add_common", "emit", "resolve_device", "setup_logging", "to_jsonable"]
 
 
 class CLIError(Exception):
@@ -55,3 +55,17 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         sys.stdout.write(json.dumps(to_jsonable(payload), indent=None) + "\n")
     else:
         sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` flag values as a dict, each VALUE parsed as JSON when it is JSON (else kept as a string)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfd.cli.common import CLIError, add_common, emit, resolve_device
+from rfd.cli.common import add_common, emit, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfd.eval.demo import DemoUnavailable, run_demo
+    from rfd.eval.demo import run_demo
 
-    try:
-        res = run_demo(args.out, n=args.n, budget=args.budget, drop=args.drop, device=str(resolve_device(args.device)),
-                       progress=not args.quiet, workers=args.workers, threads=args.threads)
-    except DemoUnavailable as exc:
-        raise CLIError(str(exc)) from exc
+    res = run_demo(args.out, n=args.n, budget=args.budget, drop=args.drop, device=str(resolve_device(args.device)),
+                   progress=not args.quiet, workers=args.workers, threads=args.threads)
     text = (res.table_md + "\n" + f"report: {res.paths['report']}\nplot:   {res.paths['plot']}\n"
             f"store:  {res.paths['db']}\n" + f"done in {res.elapsed_s:.0f} s")
     emit(args, res.to_dict(), text)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from rfd import __version__
 from rfd.cli.common import CLIError, setup_logging
+from rfd.eval.store import StoreError
+from rfd.extras import MissingExtra, missing_extra
 
 # One module per command under rfd.cli; each defines register(subparsers).
 COMMANDS = [
@@ -38,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rfd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = f"rfd.cli.{name.replace('-', '_')}"
-        if importlib.util.find_spec(module) is None:  # tests/test_cli.py asserts every command is present
-            continue
-        importlib.import_module(module).register(sub)
+        importlib.import_module(f"rfd.cli.{name}").register(sub)
     return parser
 
 
@@ -54,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
+    except (CLIError, ValueError, FileNotFoundError, StoreError, MissingExtra) as exc:
         print(f"rfd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional extra the command needs
+        err = missing_extra(exc, f"rfd {args.command}")
+        if not isinstance(err, MissingExtra):
+            raise
+        print(f"rfd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from rfd.cli.common import CLIError
+from rfd.cli.common import parse_key_values
 from rfd.models import list_models
 from rfd.models.classifier import ImageClassifier
 from rfd.models.loading import load_model
@@ -33,24 +32,9 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str | None = None) ->
                    "(VALUE parsed as JSON when possible)")
 
 
-def _parse_kwargs(items: list[str] | None) -> dict[str, Any] | None:
-    if not items:
-        return None
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--timm-arg {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def model_from_args(args: argparse.Namespace, device: Any = "cpu") -> ImageClassifier:
     """The model the parsed ``args`` describe (see :func:`rfd.models.load_model`), on ``device``."""
     size = tuple(args.input_size) if args.input_size is not None else None
     return load_model(args.model, args.checkpoint, device, num_classes=args.num_classes, mean=args.mean,
                       std=args.std, input_size=size,  # type: ignore[arg-type]
-                      model_kwargs=_parse_kwargs(args.timm_arg))
+                      model_kwargs=parse_key_values(args.timm_arg, "--timm-arg") or None)

@@ -35,84 +35,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfd.eval.demo import default_workers
-    from rfd.eval.paper_presets import SCALES, preset_for, preset_study
+    from rfd.eval.paper_presets import PRESETS, SCALES, preset_for
+    from rfd.eval.plan import parse_shard
+    from rfd.eval.reproduce import default_out, estimate_tables, reproduce, reproduce_plan
 
     device = str(resolve_device(args.device))
-    if args.workers is None:
-        args.workers = 1 if args.executor == "ray" else default_workers(device)
     if args.estimate:
-        return _estimate(args, device)
+        tables = list(PRESETS) if args.table == "all" else [args.table]
+        rows, throughput = estimate_tables(tables, args.scale, device=device, workers=args.workers)
+        lines = [(f"estimates at scale {args.scale} on {device} with {rows[0]['threads']} torch thread(s) x "
+                  f"{rows[0]['workers']} worker(s); attack queries as an upper bound (every image spends its whole "
+                  "budget), time at the per-core throughput below (process CPU time) with ideal scaling"),
+                 f"{'table':>6} {'cells':>6} {'forwards':>14} {'hours':>8}"]
+        lines += [f"{r['table']:>6} {r['cells']:>6} {r['forwards']:>14,} {r['seconds'] / 3600:>8.2f}" for r in rows]
+        lines.append("throughput (images/s): " + ", ".join(f"{m} {v:,.0f}" for m, v in throughput.items()))
+        emit(args, {"estimates": rows, "throughput": throughput}, "\n".join(lines))
+        return 0
     if args.table == "all":
         raise CLIError("'all' works with --estimate only; run one table at a time")
-    preset = preset_for(args.table)
-    study = preset_study(preset.table, args.scale)
-    scale = SCALES[args.scale]
-    out = Path(args.out or f"rfd-reproduce/table{preset.table}-{args.scale}")
+    note = SCALES[args.scale].note
+    shard = parse_shard(args.shard) if args.shard else None
+    out = Path(args.out) if args.out else default_out(args.table, args.scale)
     db = Path(args.db) if args.db else out / "results.sqlite"
-    print(f"{preset.title} at scale {args.scale}: {scale.note}", file=sys.stderr)
+    print(f"{preset_for(args.table).title} at scale {args.scale}: {note}", file=sys.stderr)
     if args.dry_run:
-        from rfd.eval.runner import parse_shard, plan_status
-
-        st = plan_status(study, db, shard=parse_shard(args.shard) if args.shard else None)
+        st = reproduce_plan(args.table, args.scale, db, shard=shard)
         emit(args, st, f"{st['cells']} cells x {st['chunks_per_cell']} chunks; {st['units_done']} of "
              f"{st['units_total']} chunks stored; {st['calibrations_needed']} calibration(s) to run")
         return 0
-    from rfd.eval.demo import demo_requirements
-    from rfd.eval.reporting import write_report
-    from rfd.eval.runner import parse_shard, plan_study, run_study
-    from rfd.eval.store import StoreError
-
-    missing = [m for spec in study.models for m in _missing_checkpoint(spec.name)]
-    missing += [m for m in demo_requirements(study.models[0], tuple(sorted({a.name for a in study.attacks})))]
-    if missing:
-        raise CLIError("cannot reproduce yet; missing: " + "; ".join(dict.fromkeys(missing)))
-    try:
-        summary = run_study(study, db, device=device, shard=parse_shard(args.shard) if args.shard else None,
-                            executor=args.executor, address=args.address, progress=not args.quiet,
-                            workers=args.workers, executor_options={"threads": args.threads or 1} if args.workers > 1
-                            else None)
-    except StoreError as exc:
-        raise CLIError(str(exc)) from exc
-    keys = {c.key for c in plan_study(study).cells}
-    paths = write_report(db, out, [preset.kind], title=f"{preset.title} (scale {args.scale})",
-                         intro=f"{study.description}\n\nComputed in {summary.elapsed_s:.0f} s into `{db.name}`; "
-                         f"`rfd report {db} --table {preset.table}` renders it again.", run_keys=keys)
-    text = Path(paths["report"]).read_text()
-    emit(args, {"table": preset.table, "scale": args.scale, "note": scale.note, "paths": paths,
-                "summary": summary.to_dict(), "report": text},
-         text + f"\nscale {args.scale}: {scale.note}\nreport: {paths['report']}\n"
-         + ("" if summary.complete else "INCOMPLETE (this shard or an interrupted run): run again to finish\n"))
-    return 0
-
-
-def _missing_checkpoint(name: str) -> list[str]:
-    from rfd.models.registry import get_entry
-
-    path = get_entry(name).checkpoint_path()
-    if path is None or not path.is_file():
-        return [f"the reference checkpoint of {name} ({path}); train it with `rfd train {name} --out {path}`"]
-    return []
-
-
-def _estimate(args: argparse.Namespace, device: str) -> int:
-    from rfd.eval.estimate import estimate_study
-    from rfd.eval.paper_presets import PRESETS, preset_study
-
-    tables = list(PRESETS) if args.table == "all" else [args.table]
-    throughput: dict[str, float] = {}
-    rows = []
-    for t in tables:
-        study = preset_study(t, args.scale)
-        est = estimate_study(study, device=device, throughput=throughput, workers=args.workers)
-        throughput.update(est.throughput)  # measure each model once
-        rows.append(est.to_dict() | {"table": t, "scale": args.scale})
-    lines = [(f"estimates at scale {args.scale} on {device} with {rows[0]['threads']} torch thread(s) x "
-              f"{args.workers} worker(s); attack queries as an upper bound (every image spends its whole budget), "
-              "time at the per-core throughput below (process CPU time) with ideal scaling"),
-             f"{'table':>6} {'cells':>6} {'forwards':>14} {'hours':>8}"]
-    for r in rows:
-        lines.append(f"{r['table']:>6} {r['cells']:>6} {r['forwards']:>14,} {r['seconds'] / 3600:>8.2f}")
-    lines.append("throughput (images/s): " + ", ".join(f"{m} {v:,.0f}" for m, v in throughput.items()))
-    emit(args, {"estimates": rows, "throughput": throughput}, "\n".join(lines))
+    res = reproduce(args.table, args.scale, out=out, db=db, device=device, shard=shard, executor=args.executor,
+                    address=args.address, workers=args.workers, threads=args.threads, progress=not args.quiet)
+    emit(args, res.to_dict(), res.report + f"\nscale {args.scale}: {note}\nreport: {res.paths['report']}\n"
+         + ("" if res.summary.complete else "INCOMPLETE (this shard or an interrupted run): run again to finish\n"))
     return 0

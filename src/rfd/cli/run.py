@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run every cell (model x defense x attack) of a YAML study, chunk by chunk, into a SQLite "
         "store. Re-running the same command resumes: finished chunks are skipped, so a killed run loses at most "
         "the chunk in flight. Tables and plots come from `rfd report`.")
-    p.add_argument("study", help="study file (YAML; see rfd.eval.study for the schema)")
+    p.add_argument("study", help="study file (YAML; see rfd.eval.schema for the schema)")
     p.add_argument("--db", required=True, help="results store (SQLite file; created if missing)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only shard I of N (0-based) of the work units; combine stores with `rfd merge`")
@@ -38,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfd.eval.runner import parse_shard, plan_status, run_study
+    from rfd.eval.plan import parse_shard, plan_status
+    from rfd.eval.runner import run_study
+    from rfd.eval.schema import load_study
     from rfd.eval.store import StoreError
-    from rfd.eval.study import load_study
 
     study = load_study(args.study)
     shard = parse_shard(args.shard) if args.shard else None

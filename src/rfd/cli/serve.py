@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 from rfd.cli.common import CLIError, add_common, resolve_device
-from rfd.cli.defense_args import add_defense_args, build_defense
+from rfd.cli.data_args import add_data_args, data_spec_from_args
+from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "which the budgets are counted again after a restart.",
     )
     add_model_args(p)
+    add_data_args(p)
     add_defense_args(p)
     p.add_argument("--output", choices=OUTPUTS, default="scores",
                    help="what clients get: scores (logits), probs (softmax) or label (the class only); default scores")
@@ -67,7 +69,7 @@ def build_app(args: argparse.Namespace) -> Any:
     config = ServeConfig(output=args.output, max_batch=args.max_batch, max_body=args.max_body,
                          expose_defense_params=args.expose_defense_params)
     model = model_from_args(args, resolve_device(args.device))
-    defended, defense = build_defense(args, model)
+    defended, defense = defend_from_args(args, model, data_spec_from_args(args))
     info = ModelInfo(name=args.model, input_shape=tuple(model.input_shape),  # type: ignore[arg-type]
                      num_classes=int(model.num_classes), classes=_class_names(args.model), defense=defense)
     return create_app(defended, info=info, keys=keys, db=args.db, config=config)
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     svc = app.state.service
     sigma = svc.info.defense.get("sigma")
     logger.info("serving %s + %s defense%s to %d keys on http://%s:%d (output %s, log %s)", args.model,
-                svc.info.defense["kind"], "" if sigma is None else f" (sigma {sigma:.6g})", len(svc.keys), args.host,
+                svc.info.defense["family"], "" if sigma is None else f" (sigma {sigma:.6g})", len(svc.keys), args.host,
                 args.port, args.output, args.db)
     run_server(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile)

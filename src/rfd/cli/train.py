@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adv", choices=["none", "pgd"], default="none", help="adversarial training (PGD, Madry et al.)")
     p.add_argument("--eps", type=float, default=0.1, help="l_inf radius of PGD adversarial training (with --adv pgd)")
     p.add_argument("--adv-steps", type=int, default=7, help="PGD steps per batch (with --adv pgd)")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--data-path", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's "
+                   "dataset-fashion-mnist, or RFD_FASHION_MNIST_DIR)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"epoch {s.epoch:3d}  loss {s.train_loss:.4f}  train acc {s.train_accuracy:.4f}  "
                   f"test acc {s.test_accuracy:.4f}  ({s.seconds:.0f}s)", file=sys.stderr, flush=True)
 
-    res = train_reference(args.model, args.out, cfg, data_dir=args.data_dir, device=resolve_device(args.device),
+    res = train_reference(args.model, args.out, cfg, data_dir=args.data_path, device=resolve_device(args.device),
                           progress=not args.quiet, on_epoch=on_epoch)
     emit(args, {"model": args.model, "out": args.out, "test_accuracy": res.test_accuracy, "config": res.config,
                 "epochs": res.epochs},

@@ -18,7 +18,7 @@ from rfd.data.dataset import ImageDataset
 from rfd.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from rfd.data.selection import balanced_indices
 
-__all__ = ["BUNDLED_FILE", "bundled_path", "load_bundled", "write_bundled", "SPLITS"]
+__all__ = ["BUNDLED_FILE", "SPLITS", "bundled_path", "load_bundled", "write_bundled"]
 
 BUNDLED_FILE = "fmnist-eval2000.safetensors"
 SPLITS = ("eval", "calib")

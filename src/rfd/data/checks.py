@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_images", "check_labels", "check_images_labels"]
+__all__ = ["check_images", "check_images_labels", "check_labels"]
 
 
 def check_images(x: object, name: str = "images") -> torch.Tensor:

@@ -21,13 +21,13 @@ import torch
 
 from rfd.data.dataset import ImageDataset
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR10_FOLDER", "cifar10_dir", "load_cifar10", "read_cifar_batch"]
+__all__ = ["CIFAR10_CLASSES", "CIFAR10_FOLDER", "SPLIT_BATCHES", "cifar10_dir", "load_cifar10", "read_cifar_batch"]
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 CIFAR10_FOLDER = "cifar-10-batches-py"
-_SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+SPLIT_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _HOW_TO_GET = (
     "Download and extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and pass the "
     f"extracted {CIFAR10_FOLDER} folder (or its parent) as the path."
@@ -85,7 +85,7 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> dict[bytes, Any]:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise ValueError(f"{p}: not a CIFAR batch file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{p}: expected a pickled dict, got {type(obj).__name__}")  # noqa: TRY004 (bad file content)
+        raise ValueError(f"{p}: expected a pickled dict, got {type(obj).__name__}")
     # Files written by Python 3 may use str keys; accept both by normalising to bytes.
     return {(k.encode() if isinstance(k, str) else k): v for k, v in obj.items()}
 
@@ -134,11 +134,11 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "test") -> ImageData
         FileNotFoundError: if the folder or one of its files is missing (the message says how to get them).
         ValueError: for an unknown split, a file that is not a CIFAR batch, wrong shapes or labels out of range.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+    if split not in SPLIT_BATCHES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_BATCHES)}, got {split!r}")
     folder = cifar10_dir(root)
     classes = _class_names(folder)
-    parts = [_read_split_batch(folder / name, len(classes)) for name in _SPLITS[split]]
+    parts = [_read_split_batch(folder / name, len(classes)) for name in SPLIT_BATCHES[split]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32)).float().div_(255.0)

@@ -34,6 +34,6 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: torch.Tensor, name: str | None = None) -> "ImageDataset":
+    def subset(self, index: torch.Tensor, name: str | None = None) -> ImageDataset:
         """The rows ``index`` (int64 (M,)) as a new dataset."""
         return ImageDataset(self.images[index], self.labels[index], self.classes, name or self.name, dict(self.meta))

@@ -11,21 +11,22 @@ import torch
 
 from rfd.data.dataset import ImageDataset
 
-__all__ = ["FASHION_MNIST_CLASSES", "DEFAULT_FASHION_MNIST_DIR", "read_idx", "load_fashion_mnist", "fashion_mnist_dir"]
+__all__ = ["DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "IDX_FILES", "fashion_mnist_dir", "find_idx_file",
+           "load_fashion_mnist", "read_idx"]
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _ENV = "RFD_FASHION_MNIST_DIR"
-_FILES = {
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _HOW_TO_GET = (
     "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs to "
     f"{DEFAULT_FASHION_MNIST_DIR}); or download the four IDX files from "
-    "https://github.com/zalandoresearch/fashion-mnist and pass their folder with --data-dir / root= "
+    "https://github.com/zalandoresearch/fashion-mnist and pass their folder with --data-path / root= "
     f"or the environment variable {_ENV}."
 )
 
@@ -75,7 +76,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _find(folder: Path, stem: str) -> Path:
+def find_idx_file(folder: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
@@ -84,12 +85,12 @@ def _find(folder: Path, stem: str) -> Path:
 
 def load_fashion_mnist(split: str = "test", root: str | os.PathLike[str] | None = None) -> ImageDataset:
     """Load the Fashion-MNIST ``split`` ("train": 60k, "test": 10k) as float32 (N, 1, 28, 28) in [0, 1]."""
-    if split not in _FILES:
-        raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+    if split not in IDX_FILES:
+        raise ValueError(f"split must be one of {sorted(IDX_FILES)}, got {split!r}")
     folder = fashion_mnist_dir(root)
-    img_stem, lab_stem = _FILES[split]
-    images = read_idx(_find(folder, img_stem))
-    labels = read_idx(_find(folder, lab_stem))
+    img_stem, lab_stem = IDX_FILES[split]
+    images = read_idx(find_idx_file(folder, img_stem))
+    labels = read_idx(find_idx_file(folder, lab_stem))
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"{folder}/{img_stem}: expected images of shape (N, 28, 28), got {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from rfd.data.dataset import ImageDataset
 
-__all__ = ["DATASETS", "DatasetEntry", "dataset_status", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DatasetEntry", "dataset_entry", "dataset_status", "list_datasets", "load_dataset"]
 
 PathLike = str | os.PathLike[str] | None
 
@@ -29,6 +29,8 @@ class DatasetEntry:
     needs_path: bool  # True if there is no default location: the caller must pass a path
     description: str  # one line for `rfd data`
     load: Callable[..., ImageDataset]  # load(split, path, **options) -> ImageDataset
+    eval_split: str  # the split attacks are evaluated on by default
+    calib_split: str  # the split calibration images come from by default (disjoint from the evaluation images)
 
 
 def _load_fmnist(split: str, path: PathLike = None, **_: Any) -> ImageDataset:
@@ -65,18 +67,22 @@ def _load_imagefolder(split: str, path: PathLike = None, **options: Any) -> Imag
 
 DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
     DatasetEntry("fashion-mnist", ("train", "test"), False,
-                 "Fashion-MNIST IDX files, 1x28x28, 10 classes (Debian: dataset-fashion-mnist)", _load_fmnist),
+                 "Fashion-MNIST IDX files, 1x28x28, 10 classes (Debian: dataset-fashion-mnist)", _load_fmnist,
+                 "test", "test"),
     DatasetEntry("bundled", ("eval", "calib"), False,
                  "Fashion-MNIST test images shipped in the package: disjoint class-balanced eval and calib splits",
-                 _load_bundled),
+                 _load_bundled, "eval", "calib"),
     DatasetEntry("cifar10", ("train", "test"), True,
-                 "CIFAR-10 python batches (cifar-10-batches-py), 3x32x32, 10 classes", _load_cifar10),
+                 "CIFAR-10 python batches (cifar-10-batches-py), 3x32x32, 10 classes", _load_cifar10,
+                 "test", "test"),
     DatasetEntry("imagefolder", ("all",), True,
-                 "class-per-folder image tree, resized and center-cropped to a given size", _load_imagefolder),
+                 "class-per-folder image tree, resized and center-cropped to a given size", _load_imagefolder,
+                 "all", "all"),
 )}
 
 
-def _entry(name: str) -> DatasetEntry:
+def dataset_entry(name: str) -> DatasetEntry:
+    """The catalogue entry of ``name``; unknown names fail with the list of known ones."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return DATASETS[name]
@@ -84,7 +90,7 @@ def _entry(name: str) -> DatasetEntry:
 
 def load_dataset(name: str, split: str, path: PathLike = None, **options: Any) -> ImageDataset:
     """Load ``split`` of dataset ``name`` (see :data:`DATASETS`); ``options`` go to the loader (e.g. size=)."""
-    entry = _entry(name)
+    entry = dataset_entry(name)
     if split not in entry.splits:
         raise ValueError(f"dataset {name!r} has splits {entry.splits}, got {split!r}")
     return entry.load(split, path, **options)
@@ -101,14 +107,14 @@ def _idx_count(path: Path) -> int:
 
 
 def _fmnist_status(path: PathLike) -> list[dict[str, Any]]:
-    from rfd.data.fashion_mnist import _FILES, _find, fashion_mnist_dir
+    from rfd.data.fashion_mnist import IDX_FILES, fashion_mnist_dir, find_idx_file
 
     folder = fashion_mnist_dir(path)
     rows = []
-    for split, (img_stem, _lab_stem) in _FILES.items():
+    for split, (img_stem, _lab_stem) in IDX_FILES.items():
         row: dict[str, Any] = {"split": split, "path": str(folder)}
         try:
-            row.update(available=True, size=_idx_count(_find(folder, img_stem)))
+            row.update(available=True, size=_idx_count(find_idx_file(folder, img_stem)))
         except (FileNotFoundError, ValueError, OSError, EOFError) as exc:
             row.update(available=False, size=None, reason=str(exc))
         rows.append(row)
@@ -135,10 +141,10 @@ def _path_split_size(name: str, split: str, path: str | os.PathLike[str]) -> int
         from rfd.data.imagefolder import find_images
 
         return len(find_images(path)[0])
-    from rfd.data.cifar10 import _SPLITS, cifar10_dir, read_cifar_batch
+    from rfd.data.cifar10 import SPLIT_BATCHES, cifar10_dir, read_cifar_batch
 
     folder = cifar10_dir(path)
-    return sum(int(getattr(read_cifar_batch(folder / f).get(b"data"), "shape", (0,))[0]) for f in _SPLITS[split])
+    return sum(int(getattr(read_cifar_batch(folder / f).get(b"data"), "shape", (0,))[0]) for f in SPLIT_BATCHES[split])
 
 
 def dataset_status(name: str, path: PathLike = None) -> list[dict[str, Any]]:
@@ -146,7 +152,7 @@ def dataset_status(name: str, path: PathLike = None) -> list[dict[str, Any]]:
 
     Datasets without a default location report ``available=None`` unless ``path`` is given; then the files are
     found and counted (not fully validated: loading does that)."""
-    entry = _entry(name)
+    entry = dataset_entry(name)
     if name == "fashion-mnist":
         return _fmnist_status(path)
     if name == "bundled":

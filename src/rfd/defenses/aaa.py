@@ -18,11 +18,37 @@ invariant to the scale of the loss up to its epsilon); the temperature is applie
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from rfd.defenses.spec import AAAConfig
+__all__ = ["AAAConfig", "aaa_logits", "aaa_targets"]
 
-__all__ = ["aaa_logits", "aaa_targets"]
+
+@dataclass(frozen=True, kw_only=True)
+class AAAConfig:
+    """Settings of AAA (Chen et al. 2022, "Adversarial Attack on Attackers", NeurIPS), defaults as in the paper."""
+
+    interval: float = 6.0  # attractor interval: attractors sit at (k - dev) * interval on the logit margin
+    reverse_step: float = 1.0  # how far past the attractor the margin is pushed: target = a - step * (m - a)
+    calibration_weight: float = 5.0  # weight of the "keep the top probability" term in the loss
+    steps: int = 100  # Adam steps on the logits
+    lr: float = 0.1  # Adam learning rate
+    temperature: float = 1.0  # softmax temperature of the calibration term
+    dev: float = 0.5  # offset of the attractor grid (in units of the interval)
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "lr", "temperature"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"AAAConfig.{name} must be a positive finite number, got {v!r}")
+        for name in ("reverse_step", "calibration_weight", "dev"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"AAAConfig.{name} must be a non-negative finite number, got {v!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ValueError(f"AAAConfig.steps must be a non-negative int, got {self.steps!r}")
 
 
 def aaa_targets(margin: torch.Tensor, cfg: AAAConfig) -> tuple[torch.Tensor, torch.Tensor]:

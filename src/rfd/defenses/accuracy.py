@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from rfd.data.checks import check_images_labels
 from rfd.defenses.defended import DefendedModel
-from rfd.defenses.scales import _device_of
+from rfd.defenses.scales import device_of
 
 __all__ = ["RandomizedAccuracy", "clean_accuracy", "correct_counts", "expected_accuracy_se", "randomized_accuracy"]
 
@@ -42,12 +42,12 @@ class RandomizedAccuracy:
 def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500) -> float:
     """Accuracy of ``model`` (one forward per image) on ``images`` (N, C, H, W) in [0, 1] with ``labels`` (N,)."""
     check_images_labels(images, labels)
-    return float(_predictions(model, images, batch_size).eq(labels.to(_device_of(model))).float().mean())
+    return float(_predictions(model, images, batch_size).eq(labels.to(device_of(model))).float().mean())
 
 
 @torch.no_grad()
 def _predictions(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    dev = _device_of(model)
+    dev = device_of(model)
     return torch.cat([model(images[i:i + batch_size].to(dev)).argmax(1) for i in range(0, images.shape[0], batch_size)])
 
 
@@ -62,7 +62,7 @@ def correct_counts(
     model's seed, ``draws`` and ``batch_size``."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    dev = _device_of(model)
+    dev = device_of(model)
     y = labels.to(dev)
     out = torch.empty(draws, images.shape[0], dtype=torch.int64, device=dev)
     starts = range(0, images.shape[0], batch_size)
@@ -135,7 +135,7 @@ def randomized_accuracy(
     se = expected_accuracy_se(c[:draws])
     wrong_votes = (1 - c[:majority_k]).sum(0)
     majority = (wrong_votes * 2 <= majority_k).double().mean()
-    dev = _device_of(model)
+    dev = device_of(model)
     y = labels.to(dev)
     all_right = torch.ones(n, dtype=torch.bool, device=dev)
     for s in tqdm(range(0, n, batch_size), disable=not progress, desc="extreme", leave=False):

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rfd.data.checks import check_images_labels
 from rfd.defenses.accuracy import clean_accuracy, correct_counts, expected_accuracy_se
 from rfd.defenses.defended import DefendedModel
+from rfd.defenses.families import NOISE_FAMILIES
 from rfd.defenses.layers import resolve_layers
 from rfd.defenses.scales import feature_std
 from rfd.defenses.spec import DefenseSpec
@@ -41,8 +42,8 @@ _MAX_BRACKET = 24  # 4^24 ~ 3e14: no accuracy curve needs more
 class CalibrationResult:
     """Outcome of :func:`calibrate`. Accuracies are fractions in [0, 1] on the calibration images."""
 
-    spec: DefenseSpec  # the input spec with the calibrated sigma (its own seed unchanged)
-    sigma: float  # calibrated noise std (units of spec.kind: pixels, feature units or feature stds, logits)
+    spec: DefenseSpec  # the input spec with the calibrated sigma (and its target drop)
+    sigma: float  # calibrated noise std (units of the family: pixels, feature units or feature stds, logits)
     accuracy: float  # expected accuracy at sigma (mean over `draws` noise draws)
     accuracy_se: float  # Monte Carlo standard error of `accuracy` (noise draws; images fixed)
     base_accuracy: float  # undefended accuracy on the same images
@@ -75,7 +76,6 @@ def _acc_at(history: list[tuple[float, float]], sigma: float) -> float:
 def calibrate(
     model: nn.Module,
     spec: DefenseSpec,
-    target_drop: float,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -87,17 +87,17 @@ def calibrate(
     batch_size: int = 500,
     progress: bool = False,
 ) -> CalibrationResult:
-    """Find sigma with expected clean accuracy ``base - target_drop`` on the calibration images.
+    """Find sigma with expected clean accuracy ``base - spec.drop`` on the calibration images.
 
     Args:
         model: the UNDEFENDED classifier ([0, 1] images -> logits).
-        spec: the defense family: kind "input", "feature" or "logits", its layers and ``scaled``; its sigma is
-            ignored (it is what we search).
-        target_drop: accuracy drop to reach, absolute fraction in (0, 1), e.g. 0.02 for two points.
+        spec: a noise defense ("input", "feature" or "logits", its layers and ``scaled``) with its target
+            ``drop``, the absolute accuracy drop to reach (e.g. 0.02 for two points); a sigma on it is ignored (it
+            is what we search).
         images, labels: the CALIBRATION split (float32 (N, C, H, W) in [0, 1], int64 (N,)); never the images
             you evaluate on. Scaled noise measures its per-feature std on these same images.
         draws: noise draws per evaluated sigma (expected accuracy = their mean).
-        tol: stop when |achieved drop - target_drop| <= tol.
+        tol: stop when |achieved drop - spec.drop| <= tol.
         seed: seed of the calibration noise (same seed, same result).
         sigma0: first sigma tried (default: see ``DEFAULT_SIGMA0``).
         max_iter: most sigma values to evaluate.
@@ -113,9 +113,12 @@ def calibrate(
     if not isinstance(spec, DefenseSpec):
         raise ValueError(f"spec must be a DefenseSpec, got {type(spec).__name__}")
     if not spec.is_noise:
-        raise ValueError(f"only noise defenses (input, feature, logits) have a sigma to calibrate, not {spec.kind!r}")
-    if isinstance(target_drop, bool) or not isinstance(target_drop, (int, float)) or not 0 < target_drop < 1:
-        raise ValueError(f"target_drop must be an absolute accuracy drop in (0, 1), e.g. 0.02; got {target_drop!r}")
+        raise ValueError(f"only noise defenses ({', '.join(NOISE_FAMILIES)}) have a sigma to calibrate, not "
+                         f"{spec.family!r}")
+    if spec.drop is None:
+        raise ValueError(f"calibrate() needs the target drop on the spec: DefenseSpec(family={spec.family!r}, "
+                         "drop=0.02, ...)")
+    target_drop = spec.drop
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive int, got {draws!r}")
     if not tol > 0:
@@ -132,15 +135,15 @@ def calibrate(
         raise ValueError(f"target_drop {target_drop} is not below the base accuracy {base:.4f} on these images")
 
     if sigma0 is None:
-        if spec.kind == "feature" and not spec.scaled:
+        if spec.info.layers and not spec.scaled:
             stds = feature_std(model, resolve_layers(model, spec.layers), images, batch_size=batch_size)
             forwards += n
             rms = float(torch.stack([s.double().pow(2).mean() for s in stds]).mean().sqrt())
             sigma0 = 0.5 * rms if rms > 0 else 1.0
         else:
-            sigma0 = DEFAULT_SIGMA0["feature_scaled" if spec.kind == "feature" else spec.kind]
+            sigma0 = DEFAULT_SIGMA0["feature_scaled" if spec.info.layers else spec.family]
 
-    defended = DefendedModel(model, spec.replace(sigma=float(sigma0), seed=int(seed)), calib_images=images,
+    defended = DefendedModel(model, spec.replace(sigma=float(sigma0)), seed=int(seed), calib_images=images,
                              batch_size=batch_size)
     if spec.scaled:
         forwards += n

@@ -5,24 +5,29 @@ layer for ``"penultimate"``). The hooks are registered when the defended module 
 *this* module's ``forward`` runs, so calling the original model directly still gives clean outputs; they are
 removed by :meth:`DefendedModel.remove`, by leaving a ``with`` block, or when the defended module is garbage
 collected. Noise comes from the defended module's own ``torch.Generator`` (one per device, all seeded from
-``spec.seed``), fresh on every forward and independent per sample.
+its ``seed``), fresh on every forward and independent per sample. Each family's forward is its entry in
+:data:`rfd.defenses.FAMILIES`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import weakref
 from collections import Counter
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from rfd.defenses.aaa import aaa_logits
+from rfd.defenses.hooks import NoiseHook
 from rfd.defenses.layers import LayerTarget, resolve_layers
-from rfd.defenses.scales import _device_of, feature_std
+from rfd.defenses.scales import device_of, feature_std
 from rfd.defenses.spec import DefenseSpec
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["DefendedModel", "defend"]
 
@@ -41,38 +46,12 @@ class _Runtime:
         self.generator: torch.Generator | None = None
 
 
-class _NoiseHook:
-    """Adds the owner's noise to one layer's output (forward hook) or first input (pre-hook).
-
-    Holds only a weak reference to its owner: a forgotten defended module never keeps noise on the model."""
-
-    def __init__(self, owner: DefendedModel, index: int) -> None:
-        self.owner = weakref.ref(owner)
-        self.index = index
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any = None) -> Any:
-        owner = self.owner()
-        if owner is None or not owner._rt.active:
-            return None
-        t = owner.targets[self.index]
-        if t.pre:
-            if not args or not isinstance(args[0], torch.Tensor):
-                raise ValueError(f"layer {t.name!r} ({t.module_name}) got no positional tensor input to add noise to")
-            return (owner._add_feature_noise(self.index, args[0]),) + tuple(args[1:])
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(
-                f"layer {t.name!r} returns {type(output).__name__}, not a tensor; choose a module whose output is "
-                "a tensor (e.g. a block or a conv/linear layer)"
-            )
-        return owner._add_feature_noise(self.index, output)
-
-
 class DefendedModel(nn.Module):
     """``model`` with the defense ``spec``: images (N, C, H, W) in [0, 1] -> logits (N, K).
 
     Use :func:`defend` to build one. Attributes: ``model`` (the wrapped model), ``spec``, ``targets`` (the
     resolved feature-noise layers), ``injections`` (Counter: layer name -> noise draws made, for checks).
-    ``input_shape`` / ``num_classes`` are copied from the model when it has them. Not thread-safe: one forward
+    ``seed`` (of the noise generator). ``input_shape`` / ``num_classes`` are copied from the model when it has them. Not thread-safe: one forward
     at a time per defended module (the noise stream is shared).
     """
 
@@ -84,6 +63,7 @@ class DefendedModel(nn.Module):
         model: nn.Module,
         spec: DefenseSpec,
         *,
+        seed: int = 0,
         calib_images: torch.Tensor | None = None,
         batch_size: int = 256,
         _scales: list[torch.Tensor] | None = None,
@@ -93,7 +73,14 @@ class DefendedModel(nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(spec, DefenseSpec):
             raise ValueError(f"spec must be a DefenseSpec, got {type(spec).__name__}")
+        if spec.needs_calibration:
+            raise ValueError(f"the {spec.family} defense has a target drop ({spec.drop:g}) but no sigma yet: calibrate "
+                             "it first (rfd.calibrate(model, spec, calib_images, calib_labels)) and defend with the "
+                             "calibrated spec")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.model = model
+        self.seed = seed
         self.spec = spec
         for attr in ("input_shape", "num_classes"):
             if hasattr(model, attr):
@@ -103,7 +90,7 @@ class DefendedModel(nn.Module):
         self._handles: list[Any] = []
         self._removed = False
         self.injections: Counter[str] = Counter()
-        self.targets: list[LayerTarget] = resolve_layers(model, spec.layers) if spec.kind == "feature" else []
+        self.targets: list[LayerTarget] = resolve_layers(model, spec.layers) if spec.info.layers else []
         self._scale_names: list[str] = []
         if spec.scaled:
             if _scales is None:
@@ -121,7 +108,7 @@ class DefendedModel(nn.Module):
     # ----------------------------------------------------------------------------------------------- hooks
     def _install(self) -> None:
         for i, t in enumerate(self.targets):
-            hook = _NoiseHook(self, i)
+            hook = NoiseHook(self, i)
             h = t.module.register_forward_pre_hook(hook) if t.pre else t.module.register_forward_hook(hook)
             self._handles.append(h)
 
@@ -135,7 +122,7 @@ class DefendedModel(nn.Module):
         self._uninstall()
         self._removed = True
 
-    def __enter__(self) -> DefendedModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,7 +131,7 @@ class DefendedModel(nn.Module):
     def __del__(self) -> None:
         try:
             self._uninstall()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to clean
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to clean
             pass
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DefendedModel:
@@ -156,7 +143,7 @@ class DefendedModel(nn.Module):
             if not self._removed:
                 self._install()
         scales = [getattr(self, n).detach().clone() for n in self._scale_names] if self.spec.scaled else None
-        new = type(self)(model, self.spec, _scales=scales)
+        new = type(self)(model, self.spec, seed=self.seed, _scales=scales)
         new.training = self.training
         for g in self._generators.values():
             new._generator(g.device).set_state(g.get_state())
@@ -166,9 +153,9 @@ class DefendedModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- noise
     def manual_seed(self, seed: int | None = None) -> DefendedModel:
-        """Restart the noise stream from ``seed`` (default ``spec.seed``); returns self."""
-        if seed is not None and seed != self.spec.seed:
-            self.spec = self.spec.replace(seed=int(seed))
+        """Restart the noise stream from ``seed`` (default: the current ``seed``); returns self."""
+        if seed is not None:
+            self.seed = int(seed)
         self._generators.clear()
         self._rt.device = self._rt.generator = None
         return self
@@ -186,23 +173,30 @@ class DefendedModel(nn.Module):
         g = self._generators.get(key)
         if g is None:
             g = torch.Generator(device=device)
-            g.manual_seed(self.spec.seed)
+            g.manual_seed(self.seed)
             self._generators[key] = g
         rt.device, rt.generator = device, g
         return g
 
-    def _gaussian(self, like: torch.Tensor) -> torch.Tensor:
+    def gaussian(self, like: torch.Tensor) -> torch.Tensor:
         """sigma * sign * N(0, 1) noise shaped like ``like``, one independent draw per element and sample."""
         z = torch.empty_like(like, memory_format=torch.contiguous_format)
+        assert self.spec.sigma is not None  # refused at construction otherwise
         z.normal_(0.0, self.spec.sigma, generator=self._generator(like.device))
         return z.neg_() if self._rt.sign < 0 else z
 
-    def _add_feature_noise(self, index: int, feat: torch.Tensor) -> torch.Tensor:
+    @property
+    def noise_active(self) -> bool:
+        """True only while this module's forward runs (the hooks add noise then, never on the raw model)."""
+        return self._rt.active
+
+    def add_feature_noise(self, index: int, feat: torch.Tensor) -> torch.Tensor:
+        """``feat`` plus this module's noise for target layer ``index`` (scaled per feature when the spec says so)."""
         t = self.targets[index]
         if not feat.is_floating_point():
             raise ValueError(f"layer {t.name!r} yields a {feat.dtype} tensor; noise needs floating point features")
         self.injections[t.name] += 1
-        noise = self._gaussian(feat)
+        noise = self.gaussian(feat)
         if self.spec.scaled:
             scale = getattr(self, self._scale_names[index])
             if tuple(feat.shape[1:]) != tuple(scale.shape):
@@ -231,30 +225,18 @@ class DefendedModel(nn.Module):
         if self._removed:
             raise RuntimeError("this defended model was removed (its hooks are gone); build a new one with defend()")
         self._check_input(x)
-        spec = self.spec
-        if spec.is_identity:
+        if self.spec.is_identity:
             return self.model(x)
-        if spec.kind == "input":
-            # RND/SND: pixel-unit noise on the [0, 1] image, not clipped (as in the RND paper): the noisy image
-            # may leave [0, 1]; normalization inside the model handles any real values.
-            self.injections["input"] += 1
-            return self.model(self._gaussian(x).add_(x))
-        if spec.kind == "feature":
-            self._rt.active = True
-            try:
-                return self.model(x)
-            finally:
-                self._rt.active = False
-        logits = self.model(x)
-        if spec.kind == "logits":
-            self.injections["logits"] += 1
-            return self._gaussian(logits).add_(logits)
-        post = aaa_logits(logits, spec.aaa)  # kind == "aaa"
-        if logits.requires_grad:
-            # Straight-through gradient (BPDA): the value is exactly AAA's (adding an exact zero), the gradient is
-            # the undefended model's, so white-box and adaptive attacks can run against AAA instead of crashing.
-            return post + (logits - logits.detach())
-        return post
+        return self.spec.info.forward(self, x)
+
+    @contextmanager
+    def hooks_active(self) -> Iterator[None]:
+        """The feature-noise hooks add noise only inside this block (the raw model stays clean outside it)."""
+        self._rt.active = True
+        try:
+            yield
+        finally:
+            self._rt.active = False
 
     def antithetic_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two forwards whose noise is ``+delta`` and ``-delta`` (antithetic sampling, Ilyas et al. 2018).
@@ -265,7 +247,7 @@ class DefendedModel(nn.Module):
         """
         # Create the generators a forward will use (input device, model device) before saving their states.
         self._generator(x.device)
-        self._generator(_device_of(self.model))
+        self._generator(device_of(self.model))
         states = {k: g.get_state() for k, g in self._generators.items()}
         plus = self.forward(x)
         after = {k: g.get_state() for k, g in self._generators.items()}
@@ -282,14 +264,15 @@ class DefendedModel(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.spec
-        return f"kind={s.kind}, sigma={s.sigma:g}, layers={list(s.layers) if s.kind == 'feature' else None}, " \
-               f"scaled={s.scaled}, seed={s.seed}"
+        sigma = "None" if s.sigma is None else f"{s.sigma:g}"
+        return f"family={s.family}, sigma={sigma}, layers={list(s.layers) or None}, scaled={s.scaled}, seed={self.seed}"
 
 
 def defend(
     model: nn.Module,
     spec: DefenseSpec | dict[str, Any],
     *,
+    seed: int = 0,
     calib_images: torch.Tensor | None = None,
     batch_size: int = 256,
 ) -> DefendedModel:
@@ -297,15 +280,17 @@ def defend(
 
     Args:
         model: a classifier taking [0, 1] images (normalization inside), e.g. from ``rfd.models.create_model``.
-        spec: a :class:`DefenseSpec` (or its ``to_dict()``).
+        spec: a :class:`DefenseSpec` with its sigma (or its ``to_dict()``); a spec given by a target drop must be
+            calibrated first (:func:`rfd.defenses.calibrate`).
+        seed: seed of the defended module's noise generator (same seed, same outputs).
         calib_images: clean calibration images (N, C, H, W) in [0, 1]; needed only for ``scaled=True``, where
             the per-feature std of each noisy layer is measured once on them. Use the calibration split.
         batch_size: images per forward while measuring that std.
 
     The model itself is not modified beyond hooks that act only inside the defended module's forward and are
-    removed by ``.remove()`` / a ``with`` block. With ``kind="none"`` or ``sigma=0`` the outputs are
+    removed by ``.remove()`` / a ``with`` block. With family ``"none"`` or ``sigma=0`` the outputs are
     bit-identical to ``model(x)``.
     """
     if isinstance(spec, dict):
         spec = DefenseSpec.from_dict(spec)
-    return DefendedModel(model, spec, calib_images=calib_images, batch_size=batch_size)
+    return DefendedModel(model, spec, seed=seed, calib_images=calib_images, batch_size=batch_size)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rfd.defenses.spec import PENULTIMATE
+from rfd.defenses.families import PENULTIMATE
 
 __all__ = ["LayerTarget", "classifier_name", "resolve_layers"]
 
@@ -38,7 +38,7 @@ def classifier_name(model: nn.Module) -> str:
         if callable(get):  # timm models: the classifier they would reset
             try:
                 c = get()
-            except Exception:  # noqa: BLE001 - a foreign get_classifier may need arguments; fall back
+            except Exception:  # noqa: BLE001, S112 - a foreign get_classifier may need arguments; fall back
                 continue
             if isinstance(c, nn.Module) and not isinstance(c, nn.Identity):
                 candidates.append(c)

@@ -12,7 +12,7 @@ from torch import nn
 from rfd.data.checks import check_images
 from rfd.defenses.layers import LayerTarget
 
-__all__ = ["feature_std"]
+__all__ = ["device_of", "feature_std"]
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def feature_std(
                 handles.append(t.module.register_forward_pre_hook(recorder(i, True)))
             else:
                 handles.append(t.module.register_forward_hook(recorder(i, False)))
-        device = _device_of(model)
+        device = device_of(model)
         for start in range(0, n, batch_size):
             model(images[start:start + batch_size].to(device))
     finally:
@@ -78,7 +78,7 @@ def feature_std(
     return out
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     for b in model.buffers():

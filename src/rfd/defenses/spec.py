@@ -1,7 +1,15 @@
-"""Defense specifications: frozen, keyword-only dataclasses that round-trip through plain dicts.
+"""The defense spec: which defense (a family of :mod:`rfd.defenses.families`) at which level.
 
-A spec says *what* defense to apply (kind, noise level, layers, seed); :func:`rfd.defenses.defend` turns it
-into a module. Specs are stored in configs and in the results store, hence ``to_dict`` / ``from_dict``.
+One spec serves the Python API, YAML studies, CLI flags, the results store and table labels. A noise defense
+needs a level: a fixed ``sigma``, or a target clean-accuracy ``drop`` that :func:`rfd.defenses.calibrate`
+turns into a sigma (the calibrated spec keeps the drop it was calibrated to). A noise spec without a level is
+refused: it would silently be no defense. :func:`rfd.defenses.defend` needs the sigma.
+
+Example::
+
+    DefenseSpec(family="feature", drop=0.02)            # calibrate to a 2-point clean-accuracy drop
+    DefenseSpec(family="input", sigma=0.05)              # a fixed noise level, pixels of the [0, 1] image
+    DefenseSpec(family="feature", layers=("net.layer2",), sigma=0.3, scaled=True)
 """
 
 from __future__ import annotations
@@ -11,123 +19,159 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "NOISE_KINDS", "PENULTIMATE", "AAAConfig", "DefenseSpec"]
+from rfd.defenses.aaa import AAAConfig
+from rfd.defenses.families import FAMILIES, PENULTIMATE, Family, family
 
-# "none": the model as is; "input": RND/SND (noise on the [0, 1] image); "feature": the paper's randomized
-# feature defense (noise on hidden features); "logits": noise on the logits; "aaa": Chen et al. 2022.
-KINDS = ("none", "input", "feature", "logits", "aaa")
-NOISE_KINDS = ("input", "feature", "logits")
-# Special layer name: the input of the model's final classifier layer (the paper's default layer).
-PENULTIMATE = "penultimate"
+__all__ = ["DefenseSpec", "aaa_config"]
 
-
-@dataclass(frozen=True, kw_only=True)
-class AAAConfig:
-    """Settings of AAA (Chen et al. 2022, "Adversarial Attack on Attackers", NeurIPS), defaults as in the paper."""
-
-    interval: float = 6.0  # attractor interval: attractors sit at (k - dev) * interval on the logit margin
-    reverse_step: float = 1.0  # how far past the attractor the margin is pushed: target = a - step * (m - a)
-    calibration_weight: float = 5.0  # weight of the "keep the top probability" term in the loss
-    steps: int = 100  # Adam steps on the logits
-    lr: float = 0.1  # Adam learning rate
-    temperature: float = 1.0  # softmax temperature of the calibration term
-    dev: float = 0.5  # offset of the attractor grid (in units of the interval)
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "lr", "temperature"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"AAAConfig.{name} must be a positive finite number, got {v!r}")
-        for name in ("reverse_step", "calibration_weight", "dev"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"AAAConfig.{name} must be a non-negative finite number, got {v!r}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-            raise ValueError(f"AAAConfig.steps must be a non-negative int, got {self.steps!r}")
+_DICT_KEYS = ("family", "layers", "drop", "sigma", "scaled", "params")
+_PARAM_KEYS = ("aaa",)  # family-specific settings, kept under "params" in the dict form
 
 
 @dataclass(frozen=True, kw_only=True)
 class DefenseSpec:
-    """What defense to apply.
+    """What defense to apply, and at which level.
 
     Attributes:
-        kind: one of ``"none"``, ``"input"``, ``"feature"``, ``"logits"``, ``"aaa"``.
-        sigma: noise standard deviation. Input noise: pixel units of the [0, 1] image. Feature noise: units of
-            the layer's output, or multiples of its per-feature clean std with ``scaled=True``. Logits: logit units.
-        layers: module names as in ``model.named_modules()`` for ``kind="feature"``; ``"penultimate"`` is the
-            input of the final classifier layer. Several layers get independent noise of the same sigma.
+        family: a name of :data:`rfd.defenses.FAMILIES`: ``"none"``, ``"input"``, ``"feature"``, ``"logits"``,
+            ``"aaa"``.
+        sigma: noise standard deviation of the noise families. Input noise: pixel units of the [0, 1] image.
+            Feature noise: units of the layer's output, or multiples of its per-feature clean std with
+            ``scaled=True``. Logits: logit units. None until calibrated when ``drop`` is given.
+        drop: target clean-accuracy drop, absolute fraction in (0, 1) (0.02 = two points), that calibration turns
+            into ``sigma``.
+        layers: feature noise only: module names as in ``model.named_modules()``, noised together with independent
+            noise of the same sigma; ``"penultimate"`` (the default) is the input of the final classifier layer.
         scaled: feature noise ``N(0, sigma^2 s^2)`` with ``s`` the per-feature std on clean calibration images.
-        seed: seed of the defended module's own noise generator (same seed, same outputs).
-        aaa: AAA settings (used only with ``kind="aaa"``).
+        aaa: AAA settings (family ``"aaa"`` only).
     """
 
-    kind: str = "none"
-    sigma: float = 0.0
-    layers: tuple[str, ...] = (PENULTIMATE,)
+    family: str = "none"
+    sigma: float | None = None
+    drop: float | None = None
+    layers: tuple[str, ...] = ()
     scaled: bool = False
-    seed: int = 0
     aaa: AAAConfig = field(default_factory=AAAConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown defense kind {self.kind!r}; allowed: {', '.join(KINDS)}")
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not math.isfinite(self.sigma):
-            raise ValueError(f"sigma must be a finite number, got {self.sigma!r}")
-        if self.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
-        if isinstance(self.layers, str):  # a lone string would be split into characters
-            object.__setattr__(self, "layers", (self.layers,))
-        layers = tuple(self.layers)
+        fam = family(self.family)
+        if self.sigma is not None:
+            if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) \
+                    or not math.isfinite(self.sigma) or self.sigma < 0:
+                raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+            object.__setattr__(self, "sigma", float(self.sigma))
+        if self.drop is not None:
+            if isinstance(self.drop, bool) or not isinstance(self.drop, (int, float)) or not 0 < self.drop < 1:
+                raise ValueError(f"drop is an absolute clean-accuracy drop in (0, 1), e.g. 0.02 for two points; "
+                                 f"got {self.drop!r}")
+            object.__setattr__(self, "drop", float(self.drop))
+        if fam.noise and self.sigma is None and self.drop is None:
+            raise ValueError(f"the {fam.name} defense needs a level: sigma (a fixed noise std, {fam.units}) or drop "
+                             "(a target clean-accuracy drop to calibrate sigma to)")
+        if not fam.noise and (self.sigma is not None or self.drop is not None):
+            raise ValueError(f"sigma and drop apply to the noise defenses ({', '.join(_noise_names())}), not "
+                             f"{fam.name!r}")
+        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)  # a lone string: one name
         if not all(isinstance(n, str) and n for n in layers):
             raise ValueError(f"layers must be non-empty module names, got {list(layers)!r}")
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers lists a module twice: {list(layers)!r}")
-        if self.kind == "feature" and not layers:
-            raise ValueError("feature noise needs at least one layer (e.g. layers=('penultimate',))")
+        if layers and not fam.layers:
+            raise ValueError(f"layers apply to the feature defense only, not {fam.name!r}")
+        if fam.layers and not layers:
+            layers = (PENULTIMATE,)
         object.__setattr__(self, "layers", layers)
-        if self.scaled and self.kind != "feature":
-            raise ValueError(f"scaled=True applies to feature noise only, not kind={self.kind!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if not isinstance(self.scaled, bool):
+            raise ValueError(f"scaled must be true or false, got {self.scaled!r}")
+        if self.scaled and not fam.layers:
+            raise ValueError(f"scaled applies to the feature defense only, not {fam.name!r}")
         if not isinstance(self.aaa, AAAConfig):
             raise ValueError(f"aaa must be an AAAConfig, got {type(self.aaa).__name__}")
+        if self.aaa != AAAConfig() and fam.name != "aaa":
+            raise ValueError(f"aaa settings apply to the aaa defense only, not {fam.name!r}")
+
+    # ------------------------------------------------------------------------------------------- questions
+    @property
+    def info(self) -> Family:
+        """The family entry (label, units, forward)."""
+        return FAMILIES[self.family]
+
+    @property
+    def method(self) -> str:
+        """Table label: Base, Input, Feature, Logits, AAA."""
+        return self.info.label
 
     @property
     def is_noise(self) -> bool:
         """True for the randomized defenses (input, feature, logits noise)."""
-        return self.kind in NOISE_KINDS
+        return self.info.noise
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True for a noise defense given by its target drop and not yet calibrated (no sigma)."""
+        return self.is_noise and self.sigma is None
 
     @property
     def is_identity(self) -> bool:
         """True when the defended model computes exactly the undefended model (no defense, or zero noise)."""
-        return self.kind == "none" or (self.is_noise and self.sigma == 0.0)
+        return self.family == "none" or (self.is_noise and self.sigma == 0.0)
 
     def replace(self, **changes: Any) -> DefenseSpec:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    # ------------------------------------------------------------------------------------------ dict form
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict; ``DefenseSpec.from_dict(spec.to_dict()) == spec``."""
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers)
+        """The plain JSON-able form the results store keys runs by:
+        ``{family, layers, drop, sigma, scaled, params}``, with non-default AAA settings in ``params.aaa``.
+        ``DefenseSpec.from_dict(spec.to_dict()) == spec``."""
+        params: dict[str, Any] = {}
+        aaa = {k: v for k, v in dataclasses.asdict(self.aaa).items() if v != getattr(AAAConfig(), k)}
+        if aaa:
+            params["aaa"] = aaa
+        return {"family": self.family, "layers": list(self.layers), "drop": self.drop, "sigma": self.sigma,
+                "scaled": self.scaled, "params": params}
+
+    def calibration_dict(self) -> dict[str, Any]:
+        """What a calibrated sigma depends on (besides model, data and seed): the spec without its sigma."""
+        d = self.to_dict()
+        d.pop("sigma")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DefenseSpec:
         """Inverse of :meth:`to_dict`; unknown keys fail (a typo must not be ignored silently)."""
         if not isinstance(d, dict):
-            raise ValueError(f"DefenseSpec.from_dict needs a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+            raise ValueError(f"a defense spec must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_DICT_KEYS))
         if unknown:
-            raise ValueError(f"unknown DefenseSpec keys {unknown}; allowed: {sorted(names)}")
-        kw = dict(d)
+            raise ValueError(f"unknown defense spec keys {unknown}; allowed: {', '.join(_DICT_KEYS)}")
+        kw = {k: v for k, v in d.items() if k != "params"}
         if "layers" in kw:
-            kw["layers"] = (kw["layers"],) if isinstance(kw["layers"], str) else tuple(kw["layers"])
-        if "aaa" in kw and isinstance(kw["aaa"], dict):
-            anames = {f.name for f in dataclasses.fields(AAAConfig)}
-            bad = sorted(set(kw["aaa"]) - anames)
-            if bad:
-                raise ValueError(f"unknown AAAConfig keys {bad}; allowed: {sorted(anames)}")
-            kw["aaa"] = AAAConfig(**kw["aaa"])
+            kw["layers"] = (kw["layers"],) if isinstance(kw["layers"], str) else tuple(kw["layers"] or ())
+        params = d.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"defense params must be a mapping, got {params!r}")
+        bad = sorted(set(params) - set(_PARAM_KEYS))
+        if bad:
+            raise ValueError(f"unknown defense params {bad}; allowed: {', '.join(_PARAM_KEYS)}")
+        if "aaa" in params:
+            kw["aaa"] = aaa_config(params["aaa"])
         return cls(**kw)
+
+
+def aaa_config(raw: Any) -> AAAConfig:
+    """An :class:`AAAConfig` from a mapping of its fields; unknown fields fail naming the valid ones."""
+    if isinstance(raw, AAAConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"aaa settings must be a mapping, got {raw!r}")
+    names = [f.name for f in dataclasses.fields(AAAConfig)]
+    bad = sorted(set(raw) - set(names))
+    if bad:
+        raise ValueError(f"unknown aaa settings {bad}; allowed: {', '.join(names)}")
+    return AAAConfig(**raw)
+
+
+def _noise_names() -> list[str]:
+    return [name for name, f in FAMILIES.items() if f.noise]

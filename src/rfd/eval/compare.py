@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from rfd.attacks.readings import check_reading
-from rfd.eval.results import LEGACY_SEEDING, Results, run_label, sample_values
+from rfd.attacks.readings import check_reading, robust_estimate
+from rfd.eval.labels import run_label
+from rfd.eval.results import LEGACY_SEEDING, Results, sample_values
 from rfd.stats import Estimate, PairedDifference, paired_difference
 
 __all__ = ["Comparison", "compare_runs"]
@@ -70,8 +71,6 @@ def compare_runs(res: Results, a: int, b: int, *, budget: int | None = None, rea
     if np.isnan(va).any() or np.isnan(vb).any():
         raise ValueError(f"the {reading!r} reading is unknown for run {a if np.isnan(va).any() else b} (a store "
                          "from before re-evaluation); compare with reading='paper'")
-    from rfd.attacks.readings import robust_estimate
-
     legacy = LEGACY_SEEDING in (ra.seeding, rb.seeding)
     same_attack = all(ra[c] == rb[c] for c in ("attack_name", "norm", "eps", "eot", "budget", "params"))
 

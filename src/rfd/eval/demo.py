@@ -7,17 +7,20 @@ The store makes the demo resumable: run it again with the same folder and finish
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rfd.eval.runner import RunSummary, plan_study, run_study
-from rfd.eval.study import AttackSetting, DefenseSetting, ModelSpec, Study, _freeze
+from rfd.defenses.spec import DefenseSpec
+from rfd.eval.plan import plan_study
+from rfd.eval.runner import run_study
+from rfd.eval.specs import AttackSpec, ModelSpec, Study
+from rfd.eval.summary import RunSummary
+from rfd.jsonable import freeze
 
-__all__ = ["DEMO_MODEL", "DemoResult", "DemoUnavailable", "demo_requirements", "demo_study", "run_demo"]
+__all__ = ["DEMO_MODEL", "DemoResult", "demo_study", "run_demo"]
 
 DEMO_MODEL = "fmnist-vgg"
 DEMO_ATTACKS = ("square", "rays")
@@ -31,10 +34,6 @@ def default_workers(device: str = "cpu") -> int:
     if not device.startswith("cpu"):
         return 1
     return max(1, min(4, os.cpu_count() or 1))
-
-
-class DemoUnavailable(RuntimeError):
-    """Something the demo needs is not installed (named in the message)."""
 
 
 @dataclass
@@ -64,36 +63,12 @@ def demo_study(*, n: int = 200, budget: int = 1000, drop: float = 0.02, model: M
         description=f"{(model.display if model else DEMO_MODEL)}: none vs input vs feature noise at a "
                     f"{100 * drop:g}-point clean-accuracy drop; {', '.join(attacks)}",
         models=(model or ModelSpec(name=DEMO_MODEL),),
-        defenses=(DefenseSetting(family="none"), DefenseSetting(family="input", drop=drop),
-                  DefenseSetting(family="feature", layers=("penultimate",), drop=drop)),
-        attacks=tuple(AttackSetting(name=a, norm="linf", eps=eps, budget=budget, verify=verify) for a in attacks),
+        defenses=(DefenseSpec(family="none"), DefenseSpec(family="input", drop=drop),
+                  DefenseSpec(family="feature", layers=("penultimate",), drop=drop)),
+        attacks=tuple(AttackSpec(name=a, norm="linf", eps=eps, budget=budget, verify=verify) for a in attacks),
         n=n, seed=seed, checkpoints=cps, chunk_size=chunk_size,
-        calibration=_freeze(DEMO_CALIBRATION if calibration is None else calibration),
+        calibration=freeze(DEMO_CALIBRATION if calibration is None else calibration),
     )
-
-
-def demo_requirements(model: ModelSpec | None = None, attacks: tuple[str, ...] = DEMO_ATTACKS) -> list[str]:
-    """What is missing for the demo (empty when it can run): reference checkpoint, attacks, defenses."""
-    missing = []
-    if model is None:
-        from rfd.models.registry import get_entry
-
-        path = get_entry(DEMO_MODEL).checkpoint_path()
-        if path is None or not path.is_file():
-            missing.append(f"the reference checkpoint of {DEMO_MODEL} ({path}); train it with "
-                           f"`rfd train {DEMO_MODEL} --out {path}`")
-    from rfd.attacks.registry import ATTACKS
-
-    for a in attacks:
-        if a in ATTACKS:
-            module = "rfd.attacks." + ATTACKS[a].split(":")[0]
-            if importlib.util.find_spec(module) is None:
-                missing.append(f"the {a} attack (module {module})")
-    try:
-        from rfd.defenses import calibrate, defend  # noqa: F401
-    except ImportError as exc:
-        missing.append(f"rfd.defenses (defend, calibrate): {exc}")
-    return missing
 
 
 def run_demo(out_dir: str | os.PathLike[str] = "rfd-demo", *, n: int = 200, budget: int = 1000, drop: float = 0.02,
@@ -104,13 +79,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "rfd-demo", *, n: int = 200, budg
     """Run the demo study into ``out_dir/results.sqlite`` (resuming if present) and write the report folder.
 
     ``workers``: local processes (default :func:`default_workers`: one per core on CPU), ``threads`` torch
-    threads each (default 1 with several workers). Raises :class:`DemoUnavailable` naming what is missing (no
-    numbers are made up without it)."""
+    threads each (default 1 with several workers)."""
     if workers is None:
         workers = default_workers(device)
-    missing = demo_requirements(model, attacks)
-    if missing:
-        raise DemoUnavailable("rfd demo cannot run yet; missing: " + "; ".join(missing))
     t0 = time.perf_counter()
     study = demo_study(n=n, budget=budget, drop=drop, model=model, attacks=attacks, chunk_size=chunk_size,
                        checkpoints=checkpoints, calibration=calibration, verify=verify)

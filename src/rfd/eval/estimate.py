@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from rfd.eval.cells import expand_cells
 from rfd.eval.resources import build_model
-from rfd.eval.study import ModelSpec, Study, _thaw, expand_cells
+from rfd.eval.specs import ModelSpec, Study
+from rfd.jsonable import thaw
 
 __all__ = ["CALIBRATION_EVALUATIONS", "Estimate", "estimate_study", "measure_throughput"]
 
@@ -98,7 +100,7 @@ def estimate_study(study: Study, *, device: str = "cpu", seconds_per_model: floa
     cells = expand_cells(study)
     per: dict[str, dict[str, float]] = {}
     tp: dict[str, float] = dict(throughput or {})
-    draws = int(_thaw(study.calibration).get("draws", 10))
+    draws = int(thaw(study.calibration).get("draws", 10))
     calibrated: set[tuple[Any, ...]] = set()
     for c in cells:
         m = c.model.display
@@ -112,7 +114,7 @@ def estimate_study(study: Study, *, device: str = "cpu", seconds_per_model: floa
         d["reevaluation_forwards"] += 2 * c.n * c.attack.reevaluate  # clean images + broken final images (bound)
         if c.defense.needs_calibration and (c.model, c.defense) not in calibrated:
             calibrated.add((c.model, c.defense))
-            d["calibration_forwards"] += study.data.calib_images * (draws * CALIBRATION_EVALUATIONS + 2)
+            d["calibration_forwards"] += _calib_count(study) * (draws * CALIBRATION_EVALUATIONS + 2)
     for m_spec in study.models:
         m = m_spec.display
         if m not in tp:
@@ -133,3 +135,12 @@ def estimate_study(study: Study, *, device: str = "cpu", seconds_per_model: floa
               "re-evaluation: upper bound (R forwards per clean image and per broken final image); time at "
               "full-batch forward throughput per core "
               "(process CPU time), ideal scaling over workers x threads"), **tot)
+
+
+def _calib_count(study: Study) -> int:
+    """Calibration images of ``study`` (counted by selecting them when the study takes a whole split)."""
+    if study.data.calib_images is not None:
+        return study.data.calib_images
+    from rfd.data.source import select_data
+
+    return int(select_data(study.data, study.n, study.seed).calib_images.shape[0])

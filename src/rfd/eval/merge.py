@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rfd.eval.store import ChunkInfo, ResultStore, StoreConflict, row_from_tuple
+from rfd.eval.store import ResultStore, StoreConflict, row_from_tuple
 
 __all__ = ["MergeSummary", "merge_stores"]
 
@@ -69,9 +69,8 @@ def _merge_one(src: ResultStore, dst: ResultStore) -> tuple[int, int, int]:
                              created=run["created"])
         for info in src.chunk_info(run["run_id"]):
             rows = [row_from_tuple(t) for t in src.chunk_rows(run["run_id"], info.chunk)]
-            finished = src.conn.execute("SELECT finished FROM chunks WHERE run_id=? AND chunk=?",
-                                        (run["run_id"], info.chunk)).fetchone()[0]
-            if dst.write_chunk(rid, ChunkInfo(**asdict(info)), rows, finished=finished):
+            finished = src.chunk_finished(run["run_id"], info.chunk)
+            if dst.write_chunk(rid, info, rows, finished=finished):
                 added += 1
                 samples += len(rows)
             else:

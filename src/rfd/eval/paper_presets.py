@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rfd.eval.study import AttackSetting, DefenseSetting, ModelSpec, Study, _freeze
+from rfd.defenses.spec import DefenseSpec
+from rfd.eval.specs import AttackSpec, ModelSpec, Study
+from rfd.jsonable import freeze
 
 __all__ = ["PRESETS", "REFERENCE_MODELS", "SCALES", "Preset", "Scale", "preset_for", "preset_study"]
 
@@ -62,28 +64,28 @@ def _models(*names: str) -> tuple[ModelSpec, ...]:
     return tuple(ModelSpec(name=n) for n in names)
 
 
-def _noise(drops: tuple[float, ...], families: tuple[str, ...] = ("input", "feature")) -> tuple[DefenseSetting, ...]:
+def _noise(drops: tuple[float, ...], families: tuple[str, ...] = ("input", "feature")) -> tuple[DefenseSpec, ...]:
     out = []
     for fam in families:
         for d in drops:
-            out.append(DefenseSetting(family=fam, drop=d, layers=("penultimate",) if fam == "feature" else ()))
+            out.append(DefenseSpec(family=fam, drop=d, layers=("penultimate",) if fam == "feature" else ()))
     return tuple(out)
 
 
-_NONE = DefenseSetting(family="none")
+_NONE = DefenseSpec(family="none")
 _SCORE = ("square", "nes", "signhunt")
 
 
-def _score_attacks(budget: int, norm: str = "linf", eps: float | None = None) -> tuple[AttackSetting, ...]:
-    from rfd.eval.study import default_eps
+def _score_attacks(budget: int, norm: str = "linf", eps: float | None = None) -> tuple[AttackSpec, ...]:
+    from rfd.eval.presets import default_eps
 
     e = eps if eps is not None else default_eps("bundled", norm)
     assert e is not None
-    return tuple(AttackSetting(name=a, norm=norm, eps=e, budget=budget) for a in _SCORE)
+    return tuple(AttackSpec(name=a, norm=norm, eps=e, budget=budget) for a in _SCORE)
 
 
-def _study(name: str, scale: Scale, models: tuple[ModelSpec, ...], defenses: tuple[DefenseSetting, ...],
-           attacks: tuple[AttackSetting, ...], *, n: int | None = None, checkpoints: tuple[int, ...] | None = None,
+def _study(name: str, scale: Scale, models: tuple[ModelSpec, ...], defenses: tuple[DefenseSpec, ...],
+           attacks: tuple[AttackSpec, ...], *, n: int | None = None, checkpoints: tuple[int, ...] | None = None,
            description: str = "") -> Study:
     return Study(name=f"{name}-{scale.name}", description=f"{description} [{scale.note}]", models=models,
                  defenses=defenses, attacks=attacks, n=n or scale.n, seed=0,
@@ -102,9 +104,9 @@ def table3(scale: Scale) -> Study:
     # and the perturbation bound for SignHunt (its probe equals eps). Values as in the paper's Table 3.
     b = min(scale.budget, 1000)  # the paper's Table 3 reports 1000 queries
     attacks = (
-        *(AttackSetting(name="square", eps=0.05, budget=b, params=_freeze({"p_init": p})) for p in (0.05, 0.1, 0.2, 0.3)),
-        *(AttackSetting(name="nes", eps=0.05, budget=b, params=_freeze({"fd_step": s})) for s in (0.001, 0.01, 0.1, 0.2)),
-        *(AttackSetting(name="signhunt", eps=e, budget=b) for e in (0.01, 0.05, 0.075, 0.1)),
+        *(AttackSpec(name="square", eps=0.05, budget=b, params=freeze({"p_init": p})) for p in (0.05, 0.1, 0.2, 0.3)),
+        *(AttackSpec(name="nes", eps=0.05, budget=b, params=freeze({"fd_step": s})) for s in (0.001, 0.01, 0.1, 0.2)),
+        *(AttackSpec(name="signhunt", eps=e, budget=b) for e in (0.01, 0.05, 0.075, 0.1)),
     )
     full = scale.name == "full"
     drops = (0.02, 0.04) if full else (0.02,)  # cpu: the small-noise half of the table only
@@ -114,13 +116,13 @@ def table3(scale: Scale) -> Study:
                               + (" and 4% drops" if full else " drop (cpu scale: 50 images)"))
 
 
-def _layer_defenses(model: str, *, scaled_sigma: float | None, drop: float | None) -> tuple[DefenseSetting, ...]:
+def _layer_defenses(model: str, *, scaled_sigma: float | None, drop: float | None) -> tuple[DefenseSpec, ...]:
     layers = {"fmnist-vgg": ("net.features.2", "net.features.6", "net.features.10", "net.features.13", "penultimate"),
               "fmnist-vit": ("net.blocks.0", "net.blocks.2", "net.blocks.4", "net.blocks.5", "penultimate"),
               "fmnist-resnet": ("net.stem", "net.layer1", "net.layer2", "net.layer3", "penultimate")}[model]
     if scaled_sigma is not None:
-        return tuple(DefenseSetting(family="feature", layers=(ly,), sigma=scaled_sigma, scaled=True) for ly in layers)
-    return tuple(DefenseSetting(family="feature", layers=(ly,), drop=drop) for ly in layers)
+        return tuple(DefenseSpec(family="feature", layers=(ly,), sigma=scaled_sigma, scaled=True) for ly in layers)
+    return tuple(DefenseSpec(family="feature", layers=(ly,), drop=drop) for ly in layers)
 
 
 def table6(scale: Scale) -> Study:
@@ -147,9 +149,9 @@ def _layers_study(name: str, scale: Scale, *, scaled_sigma: float | None, drop: 
 
 
 def table5(scale: Scale) -> Study:
-    attacks = tuple(AttackSetting(name=a, eps=0.05, budget=scale.budget) for a in ("rays", "signflip"))
+    attacks = tuple(AttackSpec(name=a, eps=0.05, budget=scale.budget) for a in ("rays", "signflip"))
     return _study("table5", scale, _models(*REFERENCE_MODELS),
-                  (_NONE, DefenseSetting(family="aaa"), *_noise((0.04,))), attacks,
+                  (_NONE, DefenseSpec(family="aaa"), *_noise((0.04,))), attacks,
                   description="decision-based attacks (RayS, SignFlip; l_inf) vs no defense, AAA, input and feature "
                               "noise at a 4% drop (the paper's Table 5 accuracies are 3-5 points below the base)")
 
@@ -158,7 +160,7 @@ def table7(scale: Scale) -> Study:
     full = scale.name == "full"
     ms = (1, 5, 10) if full else (1, 5)
     base = 1000 if full else 500
-    attacks = tuple(AttackSetting(name=a, eps=0.05, eot=m, budget=base * m) for a in _SCORE for m in ms)
+    attacks = tuple(AttackSpec(name=a, eps=0.05, eot=m, budget=base * m) for a in _SCORE for m in ms)
     cps = tuple(sorted({base * m for m in ms}))
     return _study("table7", scale, _models("fmnist-vgg", "fmnist-resnet"), _noise((0.02,)), attacks,
                   n=scale.n if full else 50, checkpoints=cps,
@@ -175,7 +177,7 @@ def table9(scale: Scale) -> Study:
 def table15(scale: Scale) -> Study:
     b = scale.budget
     cps = (500, 1000, 5000, 10000) if scale.name == "full" else (100, 250, 500, 1000)
-    attacks = (AttackSetting(name="square", eps=0.05, budget=b, verify=1),)
+    attacks = (AttackSpec(name="square", eps=0.05, budget=b, verify=1),)
     return _study("table15", scale, _models("fmnist-vit"), (_NONE, *_noise((0.02,))), attacks, checkpoints=cps,
                   description="'lucky' attacks: success decided by a single forward (verify=1)")
 
@@ -206,14 +208,14 @@ def honest(scale: Scale, model: str = "fmnist-vgg") -> Study:
     honest-vit)."""
     full = scale.name == "full"
     drops = (0.01, 0.02, 0.04) if full else (0.02, 0.04)
-    defenses: list[DefenseSetting] = [_NONE, *_noise(drops)]
+    defenses: list[DefenseSpec] = [_NONE, *_noise(drops)]
     for layer in _HONEST_EARLY[model] if full else _HONEST_EARLY[model][-1:]:
         for scaled in (False, True):
-            defenses.append(DefenseSetting(family="feature", layers=(layer,), drop=0.02, scaled=scaled))
+            defenses.append(DefenseSpec(family="feature", layers=(layer,), drop=0.02, scaled=scaled))
     b = 2000 if full else scale.budget
-    attacks = (AttackSetting(name="square", eps=0.05, budget=b), AttackSetting(name="signhunt", eps=0.05, budget=b),
-               AttackSetting(name="square", eps=0.05, budget=b, verify=100, label="square strict-check"),
-               AttackSetting(name="nes", eps=0.05, budget=b, params=_freeze({"momentum": 0.9, "plateau_length": 5}),
+    attacks = (AttackSpec(name="square", eps=0.05, budget=b), AttackSpec(name="signhunt", eps=0.05, budget=b),
+               AttackSpec(name="square", eps=0.05, budget=b, verify=100, label="square strict-check"),
+               AttackSpec(name="nes", eps=0.05, budget=b, params=freeze({"momentum": 0.9, "plateau_length": 5}),
                              label="nes adaptive"))
     name = "honest" if model == "fmnist-vgg" else f"honest-{model.removeprefix('fmnist-')}"
     return _study(name, scale, _models(model), tuple(defenses), attacks, n=200 if full else scale.n,
@@ -227,14 +229,14 @@ def adaptive(scale: Scale) -> Study:
     with momentum 0.9 and plateau decay (Ilyas et al. 2018), each next to its plain version, against input and
     feature noise at a 2% drop on fmnist-vgg."""
     b = scale.budget
-    a = [AttackSetting(name="square", eps=0.05, budget=b),
-         AttackSetting(name="square", eps=0.05, budget=b, params=_freeze({"resample": 3})),
-         AttackSetting(name="square", eps=0.05, budget=b, params=_freeze({"p_init": 0.3})),
-         AttackSetting(name="square", eps=0.05, budget=b, eot=5, label="square eot"),
-         AttackSetting(name="signhunt", eps=0.05, budget=b),
-         AttackSetting(name="signhunt", eps=0.05, budget=b, params=_freeze({"resample": 3})),
-         AttackSetting(name="nes", eps=0.05, budget=b),
-         AttackSetting(name="nes", eps=0.05, budget=b, params=_freeze({"momentum": 0.9, "plateau_length": 5}))]
+    a = [AttackSpec(name="square", eps=0.05, budget=b),
+         AttackSpec(name="square", eps=0.05, budget=b, params=freeze({"resample": 3})),
+         AttackSpec(name="square", eps=0.05, budget=b, params=freeze({"p_init": 0.3})),
+         AttackSpec(name="square", eps=0.05, budget=b, eot=5, label="square eot"),
+         AttackSpec(name="signhunt", eps=0.05, budget=b),
+         AttackSpec(name="signhunt", eps=0.05, budget=b, params=freeze({"resample": 3})),
+         AttackSpec(name="nes", eps=0.05, budget=b),
+         AttackSpec(name="nes", eps=0.05, budget=b, params=freeze({"momentum": 0.9, "plateau_length": 5}))]
     return _study("adaptive", scale, _models("fmnist-vgg"), _noise((0.02,)), tuple(a),
                   checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
                   description="adaptive variants of the score-based attacks vs input and feature noise (2% drop)")

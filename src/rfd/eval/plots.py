@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rfd.eval.labels import label_runs
 from rfd.eval.results import Results, default_budgets, robust_curve
-from rfd.eval.tables import _label_runs
 
 __all__ = ["plot_robust_curves"]
 
@@ -31,7 +31,7 @@ def plot_robust_curves(res: Results, out: str | os.PathLike[str], *, budgets: Se
 
     if len(res.runs) == 0:
         raise ValueError("the results store holds no runs yet")
-    runs = _label_runs(res.runs)
+    runs = label_runs(res.runs)
     marks = sorted(int(b) for b in (budgets or default_budgets(res)))
     panels = list(dict.fromkeys(zip(runs.model, runs.attack_label)))
     ncols = min(3, len(panels))

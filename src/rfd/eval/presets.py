@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EPS_PRESETS", "EpsPreset", "dataset_names", "eps_preset"]
+__all__ = ["EPS_PRESETS", "EpsPreset", "dataset_names", "default_eps", "eps_preset", "model_eps"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,3 +53,23 @@ def eps_preset(dataset: str, norm: str) -> float:
         raise ValueError(f"no eps preset for dataset {dataset!r}; presets exist for {', '.join(EPS_PRESETS)}; "
                          "give eps explicitly") from None
     return preset.eps(norm)
+
+
+# datasets of rfd.data.DATASETS -> the preset of their eps (the bundled set is Fashion-MNIST)
+_EPS_OF_DATA = {"bundled": "fashion-mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10"}
+
+
+def default_eps(dataset: str, norm: str) -> float | None:
+    """The preset radius of ``norm`` for a dataset of :data:`rfd.data.DATASETS` (or a preset name), or None when
+    there is none (e.g. an image folder: give eps)."""
+    preset = _EPS_OF_DATA.get(dataset, dataset)
+    return eps_preset(preset, norm) if preset in EPS_PRESETS else None
+
+
+def model_eps(model: str, norm: str) -> tuple[float, str]:
+    """The preset radius of a model's dataset, and that dataset: registry models name theirs, timm models are
+    ImageNet's. Models outside both fail (give eps)."""
+    from rfd.models import get_entry
+
+    dataset = "imagenet" if model.startswith("timm:") else get_entry(model).dataset
+    return eps_preset(dataset, norm), dataset

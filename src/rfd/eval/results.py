@@ -5,7 +5,6 @@ computed from the per-sample query counts and re-evaluations."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -13,15 +12,14 @@ import numpy as np
 import pandas as pd
 
 from rfd.attacks.readings import robust_estimate, robust_values
+from rfd.defenses.families import FAMILIES
 from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
 from rfd.stats import Estimate
 
-__all__ = ["Results", "default_budgets", "level_label", "load_results", "robust_accuracy", "robust_curve",
-           "robust_estimate_of", "run_label", "sample_values"]
+__all__ = ["LEGACY_SEEDING", "Results", "default_budgets", "load_results", "robust_accuracy", "robust_curve",
+           "robust_estimate_of", "sample_values"]
 
 LEGACY_SEEDING = "per-run (rfd 0.1)"  # attack seeds derived from the whole run key: defenses not paired
-
-_METHOD = {"none": "Base", "input": "Input", "feature": "Feature", "logits": "Logits", "aaa": "AAA"}
 
 
 @dataclass
@@ -58,7 +56,7 @@ def load_results(db: str | os.PathLike[str]) -> Results:
         recs.append({
             "run_id": r["run_id"], "key": r["key"],
             "model": labels.get("model") or ident["model"]["name"],
-            "family": d["family"], "method": _METHOD.get(d["family"], d["family"]),
+            "family": d["family"], "method": FAMILIES[d["family"]].label if d["family"] in FAMILIES else d["family"],
             "layers": layers if d["family"] == "feature" else ("input" if d["family"] == "input" else ""),
             "scaled": bool(d.get("scaled")), "target_drop": d.get("drop"), "sigma_fixed": d.get("sigma"),
             "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),
@@ -88,30 +86,6 @@ def load_results(db: str | os.PathLike[str]) -> Results:
         runs_df["clean_acc_expected"] = pd.Series(dtype=float)
     budgets = sorted({int(b) for s in studies.values() for b in s.get("checkpoints", [])})
     return Results(runs_df, samples, budgets)
-
-
-def level_label(drop: float | None, sigma_fixed: float | None) -> str:
-    """A defense's noise level as tables show it: ``≈2%`` (a target drop), ``σ=0.5`` (a fixed sigma) or ``""``."""
-    if drop is not None and not (isinstance(drop, float) and math.isnan(drop)):
-        return f"≈{100 * drop:g}%"
-    if sigma_fixed is not None and not (isinstance(sigma_fixed, float) and math.isnan(sigma_fixed)):
-        return f"σ={sigma_fixed:g}"
-    return ""
-
-
-def run_label(r: pd.Series, *, with_id: bool = True) -> str:
-    """One line naming a run (a row of ``Results.runs``) with every setting that tells it from its neighbours:
-    ``#5 fmnist-vgg Feature @net.features.10 (scaled) ≈2% square resample=3 k=9`` (without ``#5`` when
-    ``with_id`` is False)."""
-    where = f" @{r.layers}" if r.family == "feature" and r.layers not in ("", "penultimate") else ""
-    scaled = " (scaled)" if r.family == "feature" and r.scaled else ""
-    level = level_label(r.target_drop, r.sigma_fixed)
-    params = json.loads(r.params) if r.params else {}
-    extra = "".join(f" {k}={v}" for k, v in sorted(params.items()))
-    extra += (f" M={r.eot}" if r.eot > 1 else "") + (f" {r.norm}" if r.norm != "linf" else "")
-    head = f"#{r.run_id} " if with_id else ""
-    return (f"{head}{r.model} {r.method}{where}{scaled}{' ' + level if level else ''} {r.attack}{extra} "
-            f"k={r.verify}")
 
 
 def sample_values(samples: pd.DataFrame, budget: int, reading: str = "paper") -> np.ndarray:

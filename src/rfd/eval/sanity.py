@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rfd.eval.results import Results, robust_accuracy, run_label
+from rfd.eval.labels import run_label
+from rfd.eval.results import Results, robust_accuracy
 
 __all__ = ["FLAG_CODES", "SanityFlag", "sanity_flags"]
 

@@ -34,7 +34,8 @@ from typing import Any
 
 from rfd import __version__
 
-__all__ = ["SCHEMA_VERSION", "ChunkInfo", "ResultStore", "SampleRow", "StoreConflict", "StoreError"]
+__all__ = ["SAMPLE_COLUMNS", "SCHEMA_VERSION", "ChunkInfo", "ResultStore", "SampleRow", "StoreConflict", "StoreError",
+           "canonical", "row_from_tuple"]
 
 SCHEMA_VERSION = 2
 
@@ -150,6 +151,7 @@ def _now() -> str:
 
 
 def canonical(obj: Any) -> str:
+    """``obj`` as canonical JSON (sorted keys, no spaces): equal configs give equal text, and equal keys."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -324,6 +326,13 @@ class ResultStore:
             "SELECT chunk, seed, n_samples, queries, verification_forwards, elapsed_s, reevaluation_forwards "
             "FROM chunks WHERE run_id=? "
             "ORDER BY chunk", (run_id,))]
+
+    def chunk_finished(self, run_id: int, chunk: int) -> str:
+        """When chunk ``chunk`` of ``run_id`` was stored (ISO 8601, UTC); :class:`KeyError` if it is not."""
+        row = self.conn.execute("SELECT finished FROM chunks WHERE run_id=? AND chunk=?", (run_id, chunk)).fetchone()
+        if row is None:
+            raise KeyError(f"run {self._run_key(run_id)} chunk {chunk} is not stored")
+        return str(row[0])
 
     def chunk_rows(self, run_id: int, chunk: int) -> list[tuple[Any, ...]]:
         """Stored samples of one chunk, as :meth:`SampleRow.key` tuples ordered by sample."""

@@ -10,30 +10,33 @@ runs (same device type and thread count)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from rfd.eval.resources import EvalData, build_model, load_eval_data
+from rfd.attacks.base import Attack
+from rfd.attacks.registry import make_attack
+from rfd.data.source import EvalData, select_data
+from rfd.defenses.spec import DefenseSpec
+from rfd.eval.cells import Cell, expand_cells
+from rfd.eval.resources import build_model
 from rfd.eval.seeds import content_key, derive_seed
+from rfd.eval.specs import AttackSpec, ModelSpec, Study
 from rfd.eval.store import ChunkInfo, SampleRow, canonical
-from rfd.eval.study import AttackSetting, Cell, DefenseSetting, ModelSpec, Study, _thaw, expand_cells
+from rfd.jsonable import thaw
 
 __all__ = [
     "CalibrationTask",
     "ChunkOutput",
     "ChunkTask",
     "WorkerContext",
-    "attack_class",
     "attack_seed_key",
-    "defense_spec",
     "execute_calibration",
     "execute_chunk",
     "make_cell_attack",
@@ -71,7 +74,7 @@ class ChunkTask:
 _CHECK_FIELDS = ("verify", "check", "reevaluate", "label")
 
 
-def attack_seed_key(setting: AttackSetting) -> str:
+def attack_seed_key(setting: AttackSpec) -> str:
     """What an attack's seed depends on: its name and settings, not the check, the defense or the model."""
     d = {k: v for k, v in setting.to_dict().items() if k not in _CHECK_FIELDS}
     return content_key(canonical(d))
@@ -92,50 +95,15 @@ class CalibrationTask:
 
     study: Study
     model: ModelSpec
-    defense: DefenseSetting
+    defense: DefenseSpec
     key: str
     device: str = "cpu"
 
 
-def attack_class(name: str) -> type:
-    """The Attack subclass for a registry name or a ``package.module:Class`` path."""
-    if ":" in name:
-        module, _, cls = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import attack {name!r} ({exc})") from exc
-    from rfd.attacks.registry import get_attack_class
-
-    return get_attack_class(name)
-
-
-def make_cell_attack(setting: AttackSetting, seed: int) -> Any:
-    """Build the attack of a cell with ``seed``; unknown parameters fail naming the attack's valid ones."""
-    cls = attack_class(setting.name)
-    params = _thaw(setting.params)
-    try:
-        return cls(norm=setting.norm, eps=setting.eps, budget=setting.budget, seed=seed, eot=setting.eot, **params)
-    except TypeError as exc:
-        import dataclasses
-
-        cfg = getattr(cls, "config_class", None)
-        allowed = sorted(f.name for f in dataclasses.fields(cfg)) if cfg is not None else []
-        raise ValueError(f"attack {setting.name!r}: bad parameters {sorted(params)} ({exc}); "
-                         f"its settings are: {', '.join(allowed)}") from exc
-
-
-def defense_spec(setting: DefenseSetting, sigma: float | None, seed: int) -> Any:
-    """The ``rfd.defenses.DefenseSpec`` of a cell's defense at noise level ``sigma``."""
-    from rfd.defenses import DefenseSpec
-
-    d: dict[str, Any] = {"kind": setting.family, "seed": int(seed), **_thaw(setting.params)}
-    if setting.family == "feature":
-        d["layers"] = list(setting.layers)
-        d["scaled"] = setting.scaled
-    if sigma is not None:
-        d["sigma"] = float(sigma)
-    return DefenseSpec.from_dict(d)
+def make_cell_attack(setting: AttackSpec, seed: int) -> Attack:
+    """The attack of a cell with ``seed`` (unknown settings fail naming the attack's valid ones)."""
+    return make_attack(setting.name, norm=setting.norm, eps=setting.eps, budget=setting.budget, seed=seed,
+                       eot=setting.eot, **thaw(setting.params))
 
 
 class WorkerContext:
@@ -156,7 +124,7 @@ class WorkerContext:
         return self._cells[study]
 
     def data(self, study: Study) -> EvalData:
-        return load_eval_data(study.data, study.n, study.seed)
+        return select_data(study.data, study.n, study.seed)
 
     def model(self, spec: ModelSpec, device: str) -> nn.Module:
         key = (spec, device)
@@ -186,9 +154,9 @@ class WorkerContext:
             self._defended.move_to_end(key)
             return self._defended[key]
         model = self.model(cell.model, device)
-        spec = defense_spec(cell.defense, sigma, study.seed)
-        calib = self.data(study).calib_images.to(device) if cell.defense.scaled else None
-        d = defend(model, spec, calib_images=calib)
+        spec = cell.defense if sigma is None else cell.defense.replace(sigma=float(sigma))
+        calib = self.data(study).calib_images.to(device) if spec.scaled else None
+        d = defend(model, spec, seed=study.seed, calib_images=calib)
         self._defended[key] = d
         while len(self._defended) > self.max_defended:
             self._drop_defended(next(iter(self._defended)))
@@ -228,10 +196,8 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
     if callable(manual_seed):
         manual_seed(task.noise_seed)
     attack = make_cell_attack(cell.attack, seed)
-    # white-box attacks ("gradients") query a score black box
-    access: Literal["scores", "labels"] = "labels" if getattr(attack, "access", "scores") == "labels" else "scores"
     a = cell.attack
-    bb = LocalBlackBox(defended, access=access, budget=a.budget, verify=a.verify,
+    bb = LocalBlackBox(defended, access=attack.blackbox_access(), budget=a.budget, verify=a.verify,
                        check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     res = attack.run(bb, x, y, progress=progress)
@@ -260,16 +226,14 @@ def execute_calibration(task: CalibrationTask, ctx: WorkerContext | None = None,
     study = task.study
     data = ctx.data(study)
     model = ctx.model(task.model, task.device)
-    if task.defense.drop is None:
-        raise ValueError("execute_calibration needs a defense with a target drop")
-    spec = defense_spec(task.defense, None, study.seed)
-    options = {"seed": study.seed, **_thaw(study.calibration)}
+    if not task.defense.needs_calibration:
+        raise ValueError("execute_calibration needs a defense with a target drop and no sigma")
+    options = {"seed": study.seed, **thaw(study.calibration)}
     t0 = time.perf_counter()
-    res = calibrate(model, spec, task.defense.drop, data.calib_images.to(task.device),
-                    data.calib_labels.to(task.device), progress=progress, **options)
+    res = calibrate(model, task.defense, data.calib_images.to(task.device), data.calib_labels.to(task.device),
+                    progress=progress, **options)
     elapsed = time.perf_counter() - t0
-    d = res.to_dict() if hasattr(res, "to_dict") else dict(vars(res))
-    record = {k: v for k, v in d.items() if k not in ("spec",)}
+    record = {k: v for k, v in res.to_dict().items() if k != "spec"}
     record.update(sigma=float(res.sigma), model=task.model.name, defense=task.defense.calibration_dict(),
                   elapsed_s=elapsed, calib_images=int(data.calib_images.shape[0]))
     return record

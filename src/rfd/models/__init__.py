@@ -8,7 +8,19 @@ from rfd.models.timm_adapter import create_timm_classifier
 from rfd.models.training import TrainConfig, evaluate_accuracy, train_classifier
 
 __all__ = [
-    "ImageClassifier", "ModelEntry", "create_model", "get_entry", "list_models", "register_model",
-    "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "TrainConfig", "train_classifier", "evaluate_accuracy",
-    "load_model", "TIMM_PREFIX", "create_timm_classifier",
+    "TIMM_PREFIX",
+    "ImageClassifier",
+    "ModelEntry",
+    "TrainConfig",
+    "create_model",
+    "create_timm_classifier",
+    "evaluate_accuracy",
+    "get_entry",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "read_checkpoint_meta",
+    "register_model",
+    "save_checkpoint",
+    "train_classifier",
 ]

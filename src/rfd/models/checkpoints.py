@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
+__all__ = ["load_checkpoint", "read_checkpoint_meta", "save_checkpoint"]
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:

@@ -42,6 +42,8 @@ class ImageClassifier(nn.Module):
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {list(std)}")
         self.net = net
+        self.mean: torch.Tensor  # buffers (declared for type checkers): per-channel mean and std, (1, C, 1, 1)
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         self.input_shape = tuple(input_shape)

@@ -16,7 +16,7 @@ from rfd.models.resnet import SmallResNet
 from rfd.models.vgg import SmallVGG
 from rfd.models.vit import SmallViT
 
-__all__ = ["ModelEntry", "register_model", "list_models", "get_entry", "create_model", "FMNIST_MEAN", "FMNIST_STD"]
+__all__ = ["FMNIST_MEAN", "FMNIST_STD", "ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SmallResNet", "BasicBlock"]
+__all__ = ["BasicBlock", "SmallResNet"]
 
 
 class BasicBlock(nn.Module):

@@ -88,11 +88,9 @@ def _input_size(net: nn.Module, in_chans: int, cfg: dict[str, Any]) -> tuple[int
 
 
 def _import_timm() -> Any:
-    try:
-        import timm
-    except ImportError as exc:
-        raise ImportError("timm models need the timm extra: pip install 'rfd[timm]'") from exc
-    return timm
+    from rfd.extras import require
+
+    return require("timm", "timm models")
 
 
 def create_timm_classifier(

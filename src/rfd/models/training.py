@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from rfd.data.dataset import ImageDataset
 from rfd.models.classifier import ImageClassifier
 
-__all__ = ["TrainConfig", "EpochStats", "TrainResult", "train_classifier", "evaluate_accuracy", "random_shift_flip"]
+__all__ = ["EpochStats", "TrainConfig", "TrainResult", "evaluate_accuracy", "random_shift_flip", "train_classifier"]
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SmallViT", "Block"]
+__all__ = ["Block", "SmallViT"]
 
 
 class Block(nn.Module):

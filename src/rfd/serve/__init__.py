@@ -9,6 +9,11 @@ Example::
     run_server(app, host="127.0.0.1", port=8000)
 """
 
+from rfd.extras import require
+
+require("fastapi", "rfd.serve")  # before the modules that import it: a missing extra gets a clear error
+require("uvicorn", "rfd.serve")
+
 from rfd.serve.app import API_KEY_HEADER, create_app
 from rfd.serve.decode import decode_images, encode_float32, encode_png
 from rfd.serve.errors import ServeError

@@ -5,7 +5,7 @@ Endpoints:
 * ``POST /v1/predict`` (API key): answer a batch of images; body in one of three formats (see
   :mod:`rfd.serve.schemas`); every image is one query charged to the key.
 * ``GET /v1/usage`` (API key): the key's account (used, budget, remaining) and rate limits.
-* ``GET /v1/info``: model name, input shape, classes, output kind, defense kind, request limits.
+* ``GET /v1/info``: model name, input shape, classes, output kind, defense family, request limits.
 * ``GET /healthz``: liveness.
 * ``GET /openapi.json`` (and ``/docs``): the OpenAPI schema.
 
@@ -136,7 +136,7 @@ def create_app(
 
     @app.get("/v1/info", response_model=InfoResponse)
     async def info_() -> dict[str, Any]:
-        """The served model: input shape, classes, output kind, defense kind, request limits."""
+        """The served model: input shape, classes, output kind, defense family, request limits."""
         return service.describe()
 
     @app.get("/healthz")

@@ -89,7 +89,7 @@ class BackgroundServer:
             self._thread.join(timeout=30)
         self._sock.close()
 
-    def __enter__(self) -> BackgroundServer:
+    def __enter__(self) -> BackgroundServer:  # noqa: PYI034 - start() returns this server, typed as such
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

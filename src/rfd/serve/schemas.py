@@ -76,7 +76,7 @@ class InfoResponse(BaseModel):
     num_classes: int
     classes: list[str] | None
     output: Literal["scores", "probs", "label"]
-    defense: dict[str, Any] = Field(description="the defense kind; its parameters only if the operator allows")
+    defense: dict[str, Any] = Field(description="the defense family; its parameters only if the operator allows")
     formats: list[str]
     max_batch: int = Field(description="most images per request")
     max_body_bytes: int = Field(description="largest request body accepted")

@@ -52,7 +52,7 @@ class ServeConfig:
     max_batch: int = 256  # most images in one request
     max_body: int = 8 * 1024 * 1024  # bytes; larger bodies are refused before they are read in full
     body_timeout: float = 30.0  # seconds to receive a whole body; slower clients get 408
-    expose_defense_params: bool = False  # /v1/info shows sigma, layers, ... (else only the defense kind)
+    expose_defense_params: bool = False  # /v1/info shows sigma, layers, ... (else only the defense family)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -73,7 +73,7 @@ class ModelInfo:
     input_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int  # K
     classes: tuple[str, ...] | None = None  # class names, K of them, if known
-    defense: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})  # must hold "kind"
+    defense: Mapping[str, Any] = field(default_factory=lambda: {"family": "none"})  # must hold "family"
 
     def __post_init__(self) -> None:
         if len(self.input_shape) != 3 or any(int(s) < 1 for s in self.input_shape):
@@ -83,8 +83,8 @@ class ModelInfo:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names given for {self.num_classes} classes")
-        if "kind" not in self.defense:
-            raise ValueError("ModelInfo.defense must say the defense 'kind' (e.g. {'kind': 'feature', ...})")
+        if "family" not in self.defense:
+            raise ValueError("ModelInfo.defense must name the defense 'family' (e.g. {'family': 'feature', ...})")
 
 
 class PredictionService:
@@ -190,7 +190,7 @@ class PredictionService:
 
     def describe(self) -> dict[str, Any]:
         """The /v1/info answer. The defense's parameters (e.g. sigma) only if the operator exposes them."""
-        defense = dict(self.info.defense) if self.config.expose_defense_params else {"kind": self.info.defense["kind"]}
+        defense = dict(self.info.defense) if self.config.expose_defense_params else {"family": self.info.defense["family"]}
         return {
             "model": self.info.name, "input_shape": list(self.info.input_shape), "num_classes": self.info.num_classes,
             "classes": list(self.info.classes) if self.info.classes is not None else None,

@@ -1,0 +1,1 @@
+"""Tests of rfd.analysis (src/rfd/analysis)."""

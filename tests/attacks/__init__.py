@@ -1,0 +1,1 @@
+"""Tests of rfd.attacks (src/rfd/attacks)."""

@@ -1,0 +1,1 @@
+"""Tests of rfd.blackbox (src/rfd/blackbox)."""

@@ -1,0 +1,1 @@
+"""Tests of rfd.cli (src/rfd/cli)."""

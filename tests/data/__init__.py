@@ -1,0 +1,1 @@
+"""Tests of rfd.data (src/rfd/data)."""

@@ -1,0 +1,1 @@
+"""Tests of rfd.defenses (src/rfd/defenses)."""

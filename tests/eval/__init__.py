@@ -1,0 +1,1 @@
+"""Tests of rfd.eval (src/rfd/eval)."""

@@ -1,0 +1,1 @@
+"""Tests of rfd.models (src/rfd/models)."""

@@ -1,0 +1,1 @@
+"""Tests of rfd.serve (src/rfd/serve)."""
