@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rfd.attacks.base import Attack
-from rfd.attacks.boundary import bisect_boundary, box_path, push_to_radius, ray_path
+from rfd.attacks.decision_search import bisect_boundary, box_path, push_to_radius, ray_path
 from rfd.attacks.hsja import HopSkipJump
 from rfd.attacks.rays import RayS, block_schedule
 from rfd.attacks.registry import get_attack_class

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
-from rfd.attacks.boundary import bcast, bisect_boundary, can_pay, query_adversarial, ray_path
+from rfd.attacks.decision_search import bcast, bisect_boundary, can_pay, query_adversarial, ray_path
 
 __all__ = ["RayS", "RaySConfig", "block_schedule"]
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
-from rfd.attacks.boundary import (
+from rfd.attacks.decision_search import (
     bcast,
     bisect_boundary,
     box_path,
