@@ -34,7 +34,7 @@ def test_one_split_for_both_never_overlaps(calib_images: int | None) -> None:
     picked = {tuple(x.flatten().tolist()) for x in d.images}
     assert not any(tuple(x.flatten().tolist()) in picked for x in d.calib_images)
     assert d.calib_images.shape[0] == (len(ev) - 100 if calib_images is None else 300)
-    cal, cidx = calibration_indices(spec, ev, d.dataset_index, seed=1)
+    cal, cidx = calibration_indices(spec, d.dataset_index, seed=1, ev=ev)
     assert cal is ev and not set(cidx.tolist()) & set(d.dataset_index.tolist())
 
 

@@ -145,7 +145,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
                        "pick --data of the model's dataset")
     x, y, idx = select_images(model, ev.images, ev.labels, args.n, seed=args.seed,
                               correct_only=not args.all_images)
-    cal, cidx = calibration_indices(data, ev, idx, args.seed)
+    cal, cidx = calibration_indices(data, idx, args.seed, ev=ev)
     cal_x, cal_y = cal.images[cidx], cal.labels[cidx]
     layers = list(args.layers) if args.layers else candidate_layers(model)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": ev.name, "images": int(idx.numel()),

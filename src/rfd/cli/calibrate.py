@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = DefenseSpec(family=args.defense, drop=args.drop, layers=tuple(args.layer or ()), scaled=args.scaled)
     data = data_spec_from_args(args)
-    cal, cidx = calibration_indices(data, data.load(data.eval_split), torch.empty(0, dtype=torch.long), args.seed)
+    cal, cidx = calibration_indices(data, torch.empty(0, dtype=torch.long), args.seed)
     model = model_from_args(args, resolve_device(args.device))
     res = calibrate(model, spec, cal.images[cidx], cal.labels[cidx], draws=args.draws, tol=args.tol,
                     seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, progress=not args.quiet)

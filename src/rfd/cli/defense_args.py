@@ -62,9 +62,8 @@ def defend_from_args(args: argparse.Namespace, model: Any, data: DataSpec,
     images = labels = None
     name = None
     if spec.needs_calibration or spec.scaled:
-        ev = data.load(data.eval_split)
         used = eval_index if eval_index is not None else torch.empty(0, dtype=torch.long)
-        cal, cidx = calibration_indices(data, ev, used, seed=int(getattr(args, "seed", 0)))
+        cal, cidx = calibration_indices(data, used, seed=int(getattr(args, "seed", 0)))
         images, labels, name = cal.images[cidx], cal.labels[cidx], cal.name
     defended, calibration = prepare_defense(model, spec, seed=args.noise_seed, calib_images=images,
                                             calib_labels=labels, draws=args.calib_draws,

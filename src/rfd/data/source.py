@@ -131,7 +131,7 @@ def _select(data: DataSpec, n: int, seed: int) -> EvalData:
     if n > len(ev):
         raise ValueError(f"n={n} images asked for, but {data.dataset}/{data.eval_split} has {len(ev)}")
     idx = balanced_indices(ev.labels, n, seed=seed, num_classes=len(ev.classes))
-    cal, cidx = calibration_indices(data, ev, idx, seed)
+    cal, cidx = calibration_indices(data, idx, seed, ev=ev)
     images, labels = ev.images[idx].contiguous(), ev.labels[idx].contiguous()
     cimages, clabels = cal.images[cidx].contiguous(), cal.labels[cidx].contiguous()
     base = {"dataset": data.dataset, "options": thaw(data.options)}
@@ -144,12 +144,16 @@ def _select(data: DataSpec, n: int, seed: int) -> EvalData:
 
 
 
-def calibration_indices(data: DataSpec, ev: ImageDataset, eval_index: torch.Tensor,
-                        seed: int) -> tuple[ImageDataset, torch.Tensor]:
+def calibration_indices(data: DataSpec, eval_index: torch.Tensor, seed: int, *,
+                        ev: ImageDataset | None = None) -> tuple[ImageDataset, torch.Tensor]:
     """The calibration split and the indices of its calibration images (see :attr:`DataSpec.calib_images`),
-    none of them among ``eval_index`` when the calibration split is the evaluation split ``ev``."""
+    none of them among ``eval_index`` of the evaluation split when the two splits are the same. ``ev``: the
+    evaluation split when the caller has loaded it (it is loaded here only when it is the calibration split)."""
     same = data.calib_split == data.eval_split
-    cal = ev if same else data.load(data.calib_split)
+    if same:
+        cal = ev if ev is not None else data.load(data.eval_split)
+    else:
+        cal = data.load(data.calib_split)
     if data.calib_images is None:
         keep = torch.ones(len(cal), dtype=torch.bool)
         if same:
@@ -158,7 +162,7 @@ def calibration_indices(data: DataSpec, ev: ImageDataset, eval_index: torch.Tens
         if cidx.numel() == 0:
             raise ValueError(f"no calibration images left in {data.dataset}/{data.calib_split}")
         return cal, cidx
-    k = len(ev.classes)
+    k = len(cal.classes)
     m = min(data.calib_images, len(cal) - (int(eval_index.numel()) if same else 0))
     if m < k:
         raise ValueError(f"only {m} calibration images available in {data.dataset}/{data.calib_split}")
