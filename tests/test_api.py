@@ -16,10 +16,14 @@ def test_flat_api_exports_the_building_blocks() -> None:
     for name in ("defend", "calibrate", "load_model", "load_dataset", "select_data", "DataSpec", "DefenseSpec",
                  "LocalBlackBox", "RemoteBlackBox", "make_attack", "randomized_accuracy", "FAMILIES"):
         assert name in rfd.__all__ and hasattr(rfd, name), name
-    from rfd.attacks import NES, PGD, CarliniWagner, HopSkipJump, RayS, SignFlip, SignHunt, Square
+    from rfd import attacks
 
-    assert [c.name for c in (Square, NES, SignHunt, RayS, SignFlip, HopSkipJump, PGD, CarliniWagner)] == \
-        rfd.list_attacks()
+    # every registered attack is exported by class name from rfd.attacks, with its config
+    for name in rfd.list_attacks():
+        cls = attacks.ATTACKS[name]
+        assert getattr(attacks, cls.__name__) is cls and cls.__name__ in attacks.__all__, name
+        assert getattr(attacks, cls.config_class.__name__) is cls.config_class, name
+    assert len(rfd.list_attacks()) == 16
 
 
 def _readme_api_example() -> str:

@@ -1,90 +1,51 @@
-"""Decision-based attacks (RayS, SignFlip, HopSkipJump): invariants, exact query accounting, known answers on a
-linear model, and the paper's qualitative effects on the reference model (slow)."""
+"""Decision-based attacks: invariants of every attack of the ``CASES`` table (RayS, SignFlip, HopSkipJump,
+Sign-OPT, GeoDA, Boundary) on a tiny CNN (exact query accounting, budget, success only within eps and verified,
+determinism), RayS/SignFlip/HopSkipJump's known answers on a linear model, and the paper's qualitative effects on
+the reference model (slow). The other attacks' own tests are in test_signopt_boundary.py and test_geoda.py."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from rfd.attacks.base import Attack
+from rfd.attacks.boundary import Boundary
 from rfd.attacks.decision_search import bisect_boundary, box_path, push_to_radius, ray_path
+from rfd.attacks.geoda import GeoDA
 from rfd.attacks.hsja import HopSkipJump
 from rfd.attacks.rays import RayS, block_schedule
 from rfd.attacks.registry import get_attack_class
 from rfd.attacks.result import AttackResult
 from rfd.attacks.signflip import SignFlip
+from rfd.attacks.signopt import SignOPT
 from rfd.blackbox.local import LocalBlackBox
 from rfd.blackbox.threat import BALL_TOL
-from tests.helpers.models import tiny_cnn
+from tests.helpers.attack_cases import (
+    NoisyLogits,
+    VerificationLog,
+    counted_rows_match,
+    distance,
+    linear_images,
+    true_l2_distance,
+    true_linf_distance,
+)
+from tests.helpers.attack_cases import cnn_data as build_cnn_data
+from tests.helpers.attack_cases import decision_attack as make
+from tests.helpers.models import Counting
 
-# (attack class, norm, eps that the tiny CNN partly resists)
-CASES = [(RayS, "linf", 0.05), (SignFlip, "linf", 0.05), (HopSkipJump, "linf", 0.05), (HopSkipJump, "l2", 0.5)]
-IDS = ["rays", "signflip", "hsja-linf", "hsja-l2"]
-
-
-class Counting(nn.Module):
-    """Counts the image rows the wrapped model is asked to classify (every forward, charged or not)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x)
-
-
-class NoisyLogits(nn.Module):
-    """A randomized model: Gaussian noise of std sigma on the logits, fresh per forward, from its own generator."""
-
-    def __init__(self, model: nn.Module, sigma: float, seed: int = 0) -> None:
-        super().__init__()
-        self.model, self.sigma = model, sigma
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out + self.sigma * torch.randn(out.shape, generator=self.gen)
-
-
-class VerificationLog(LocalBlackBox):
-    """A black box that remembers every success check it answered (image, clean image, verdict)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.log: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def is_adversarial(self, x, y, *, x0=None, threat=None, idx=None):  # type: ignore[no-untyped-def]
-        ok = super().is_adversarial(x, y, x0=x0, threat=threat, idx=idx)
-        if threat is not None:
-            self.log.append((x.clone(), ok.clone()))
-        return ok
+# (attack class, norm, eps that the tiny CNN partly resists); ``make`` adds the small settings of
+# tests/helpers/attack_cases.py (DECISION_SMALL) that fit the main loops into a few hundred queries
+CASES = [(RayS, "linf", 0.05), (SignFlip, "linf", 0.05), (HopSkipJump, "linf", 0.05), (HopSkipJump, "l2", 0.5),
+         (SignOPT, "linf", 0.05), (SignOPT, "l2", 0.5), (GeoDA, "linf", 0.05), (GeoDA, "l2", 0.5),
+         (Boundary, "l2", 0.5), (Boundary, "linf", 0.05)]
+IDS = ["rays", "signflip", "hsja-linf", "hsja-l2", "signopt-linf", "signopt-l2", "geoda-linf", "geoda-l2",
+       "boundary-l2", "boundary-linf"]
 
 
 @pytest.fixture(scope="module")
 def cnn_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """Images in [0,1] and labels = the CNN's own predictions, with two deliberately wrong labels."""
-    model = tiny_cnn()
-    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[:2] = (y[:2] + 1) % 10  # misclassified clean images: never attacked, 0 queries
-    return model, x, y
-
-
-def distance(r: AttackResult) -> torch.Tensor:
-    return r.linf if r.norm == "linf" else r.l2
-
-
-def make(cls: type[Attack], norm: str, eps: float, budget: int, **kw: Any) -> Attack:
-    if cls is HopSkipJump:
-        kw.setdefault("init_evals", 20)
-    return cls(norm=norm, eps=eps, budget=budget, **kw)
+    """12 images in [0,1] labelled by the tiny CNN, the first two deliberately wrong (never attacked)."""
+    return build_cnn_data()
 
 
 # -- invariants on a tiny CNN ---------------------------------------------------------------------------------
@@ -99,7 +60,8 @@ def test_invariants_and_exact_query_counts(cnn_data, cls, norm, eps, eot) -> Non
     r = attack.run(bb, x, y)
 
     # every forward is either a charged query or an (uncounted) verification forward
-    assert counted.rows == int(bb.queries.sum()) + (bb.verification_forwards + bb.reevaluation_forwards)
+    assert counted_rows_match(counted, bb)
+    assert 0.0 <= counted.lo and counted.hi <= 1.0  # every image the model saw lies in [0, 1]
     # a sample stops querying the moment it is verified: its success count is its final count
     assert torch.equal(r.queries, bb.queries.cpu())
     assert int(r.queries.max()) <= budget
@@ -115,7 +77,8 @@ def test_invariants_and_exact_query_counts(cnn_data, cls, norm, eps, eot) -> Non
     assert (dist[r.success] <= eps * (1 + BALL_TOL) + BALL_TOL).all()
     assert (r.x_adv >= 0).all() and (r.x_adv <= 1).all()
     with torch.no_grad():
-        pred = model(r.x_adv).argmax(1)
+        logits = model(r.x_adv)
+    pred = logits.argmax(1)
     assert (pred[r.success] != y[r.success]).all()
 
     radius = r.extras["radius"]
@@ -126,7 +89,10 @@ def test_invariants_and_exact_query_counts(cnn_data, cls, norm, eps, eot) -> Non
     assert found.any()
     assert (dist[found] <= radius[found] + 1e-6).all()
     assert (radius[found] > eps).all()
-    assert (pred[found] != y[found]).all()
+    # (up to a float tie: a bisected boundary point can sit exactly on the boundary, where this batch's rounding
+    # may pick the true class while the attack's own query of it, in another batch, did not)
+    tie = (logits.gather(1, y[:, None]).squeeze(1) - logits.scatter(1, y[:, None], -torch.inf).amax(1)).abs() < 1e-5
+    assert ((pred[found] != y[found]) | tie[found]).all()
 
 
 @pytest.mark.parametrize("cls,norm,eps", CASES, ids=IDS)
@@ -145,6 +111,11 @@ def test_deterministic_given_seeds_with_a_randomized_model(cnn_data, cls, norm, 
         assert not torch.equal(a.x_adv, c.x_adv)
 
 
+# the attack's seed in the noisy-answers test: GeoDA l_inf makes few claims under this noise (it offers only points
+# within eps), and seed 3 happens to make none at all, which would leave nothing to check; seed 1 makes a rejected one
+NOISY_SEED = {"geoda-linf": 1}
+
+
 @pytest.mark.parametrize("cls,norm,eps", CASES, ids=IDS)
 def test_success_only_when_verified_with_noisy_answers(cnn_data, cls, norm, eps) -> None:  # type: ignore[no-untyped-def]
     """With heavy logit noise the attacks' own queries often look adversarial by luck; success must still be
@@ -152,7 +123,8 @@ def test_success_only_when_verified_with_noisy_answers(cnn_data, cls, norm, eps)
     model, x, y = cnn_data
     noisy = Counting(NoisyLogits(model, sigma=1.0, seed=3))
     bb = VerificationLog(noisy, access="labels", budget=500, verify=5)
-    r = make(cls, norm, eps, 500, seed=3).run(bb, x, y)
+    seed = NOISY_SEED.get(IDS[CASES.index((cls, norm, eps))], 3)
+    r = make(cls, norm, eps, 500, seed=seed).run(bb, x, y)
     assert counted_rows_match(noisy, bb)
     accepted = [xa[ok] for xa, ok in bb.log]
     rejected = sum(int((~ok).sum()) for _, ok in bb.log)
@@ -164,38 +136,7 @@ def test_success_only_when_verified_with_noisy_answers(cnn_data, cls, norm, eps)
     assert (distance(r)[r.success] <= eps * (1 + BALL_TOL) + BALL_TOL).all()
 
 
-def counted_rows_match(counted: Counting, bb: LocalBlackBox) -> bool:
-    return counted.rows == int(bb.queries.sum()) + (bb.verification_forwards + bb.reevaluation_forwards)
-
-
 # -- known answers on the linear model (class 1 iff mean pixel > 0.5) ----------------------------------------------
-def linear_images(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.6
-    return x, torch.zeros(n, dtype=torch.int64)
-
-
-def true_linf_distance(x: torch.Tensor) -> torch.Tensor:
-    """Smallest r with mean(min(x + r, 1)) = 0.5, per image (closed form on the sorted headrooms 1 - x)."""
-    out = []
-    for row in x.flatten(1).double():
-        need = (0.5 - row.mean()) * row.numel()  # total increase needed
-        head = (1 - row).sort().values
-        for k in range(row.numel()):
-            # pixels before k are saturated at 1; the rest move by r: sum(head[:k]) + (d - k) r = need
-            r = (need - head[:k].sum()) / (row.numel() - k)
-            if r <= head[k]:
-                out.append(float(r))
-                break
-    return torch.tensor(out)
-
-
-def true_l2_distance(x: torch.Tensor) -> torch.Tensor:
-    """Without saturation the l_2-closest boundary point moves every pixel by the same amount c = 0.5 - mean."""
-    c = 0.5 - x.flatten(1).mean(1)
-    assert (x.flatten(1).amax(1) + c <= 1).all()  # no pixel saturates, so the formula is exact
-    return c * math.sqrt(x[0].numel())
-
-
 def test_rays_finds_the_true_linf_distance_of_a_linear_model(linear_model) -> None:  # type: ignore[no-untyped-def]
     x, y = linear_images()
     r_true = true_linf_distance(x)
@@ -233,7 +174,7 @@ def test_signflip_shrinks_towards_the_linear_boundary(linear_model) -> None:  # 
 
 
 @pytest.mark.parametrize("cls,norm", [(RayS, "linf"), (SignFlip, "linf"), (HopSkipJump, "linf"), (HopSkipJump, "l2")],
-                         ids=IDS)
+                         ids=IDS[:4])
 def test_linear_model_success_iff_eps_above_true_distance(linear_model, cls, norm) -> None:  # type: ignore[no-untyped-def]
     x, y = linear_images()
     r_true = true_l2_distance(x) if norm == "l2" else true_linf_distance(x)

@@ -2,7 +2,7 @@
 does not depend on the other images of the batch, nor on when they finish. Two defenses compared on the same
 images then meet the same attack randomness per image (common random numbers).
 
-Checked for Square (l_inf, l_2) and NES: a batch is attacked, then the same batch with some of the other images
+Checked for Square (l_inf, l_2), NES, Bandits and ZO-signSGD (SimBA's own check is in test_simba.py): a batch is attacked, then the same batch with some of the other images
 replaced by misclassified ones (never attacked), by easier ones (broken early) or cut off (a smaller batch); the
 images common to both runs must get bit-identical adversarial images, queries and success. The model is
 deterministic and computes every row on its own (elementwise ops only), so an image's answers depend only on
@@ -14,34 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from rfd.attacks import AttackResult, make_attack
 from rfd.attacks.nes import nes_directions
 from rfd.attacks.rng import RowDraws, SampleStreams
 from rfd.attacks.square import l2_init, l2_proposal, linf_init, linf_proposal
 from rfd.blackbox import LocalBlackBox
-
-
-class RowwiseLinear(nn.Module):
-    """2 classes on 1 x 4 x 4 images: logits ``[0.5, mean(x)]`` (class 1 iff the mean pixel is above 0.5), the
-    mean summed pixel by pixel with elementwise adds, so a row's logits are bit-identical whatever the batch."""
-
-    num_classes = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = x.flatten(1)
-        acc = f[:, 0].clone()
-        for k in range(1, f.shape[1]):
-            acc = acc + f[:, k]
-        m = acc / f.shape[1]
-        return torch.stack([torch.full_like(m, 0.5), m], 1)
-
-
-def _images(gaps: list[float], seed: int) -> torch.Tensor:
-    """1x4x4 images with mean exactly 0.5 - gap (class 0 for gap > 0, class 1 for gap < 0)."""
-    x = 0.5 + 0.1 * (torch.rand(len(gaps), 1, 4, 4, generator=torch.Generator().manual_seed(seed)) - 0.5)
-    return x - x.mean((1, 2, 3), keepdim=True) + (0.5 - torch.tensor(gaps).view(-1, 1, 1, 1))
+from tests.helpers.attack_cases import RowwiseLinear, assert_independent_of_batch, mean_gap_images
 
 
 def _attack(name: str, x: torch.Tensor, y: torch.Tensor, **cfg: Any) -> AttackResult:
@@ -54,38 +33,18 @@ CASES = [
     ("square", {"norm": "linf", "eps": 0.05, "budget": 600, "seed": 5}, 0.9 * 0.05),
     ("square", {"norm": "l2", "eps": 0.5, "budget": 400, "seed": 5}, 0.5 * 0.5 / 4),
     ("nes", {"norm": "linf", "eps": 0.05, "budget": 11 * 40, "seed": 5, "samples": 10}, 0.6 * 0.05),
+    ("bandits", {"norm": "linf", "eps": 0.05, "budget": 3 * 25, "seed": 5, "tile": 1}, 0.6 * 0.05),
+    ("bandits", {"norm": "l2", "eps": 0.5, "budget": 3 * 20, "seed": 5, "tile": 1}, 0.6 * 0.5 / 4),
+    ("zosignsgd", {"norm": "linf", "eps": 0.05, "budget": 1 + 11 * 30, "seed": 5, "q": 10}, 0.95 * 0.05),
+    ("zosignsgd", {"norm": "l2", "eps": 0.5, "budget": 1 + 5 * 30, "seed": 5, "q": 4}, 0.8 * 0.5 / 4),
 ]
+IDS = ["square-linf", "square-l2", "nes-linf", "bandits-linf", "bandits-l2", "zosignsgd-linf", "zosignsgd-l2"]
 
 
-@pytest.mark.parametrize("name,cfg,gap", CASES, ids=["square-linf", "square-l2", "nes-linf"])
+@pytest.mark.parametrize("name,cfg,gap", CASES, ids=IDS)
 def test_an_images_attack_does_not_depend_on_the_other_images(name: str, cfg: dict[str, Any], gap: float) -> None:
-    n = 8
-    common = [0, 2, 4, 5, 7]  # the images of both runs (same positions: an image's stream is its position)
-    others = [1, 3, 6]
-    x = _images([gap] * n, seed=1)
-    y = torch.zeros(n, dtype=torch.long)
-    ref = _attack(name, x, y, **cfg)
-
-    # the other images replaced: 1 by a misclassified image (never attacked), 3 and 6 by easy ones (broken early)
-    x2, y2 = x.clone(), y.clone()
-    x2[1] = _images([-0.1], seed=2)[0]  # class 1, labelled 0
-    x2[[3, 6]] = _images([1e-3, 1e-3], seed=3)
-    alt = _attack(name, x2, y2, **cfg)
-
-    # the batch cut after image 5 (images 6 and 7 absent)
-    cut = _attack(name, x[:6], y[:6], **cfg)
-
-    # the comparison is not vacuous: the runs' active sets really differ while common images are still attacked
-    assert not bool(alt.clean_correct[1]) and int(alt.queries[1]) == 0
-    assert bool(alt.success[[3, 6]].all())
-    assert int(alt.queries[[3, 6]].max()) < int(ref.queries[common].max())
-    assert not torch.equal(alt.queries[others], ref.queries[others])
-    assert bool(ref.success[common].any()) and int(ref.queries[common].max()) > int(ref.queries[common].min())
-
-    for other, keep in ((alt, common), (cut, [i for i in common if i < 6])):
-        assert torch.equal(other.x_adv[keep], ref.x_adv[keep])
-        assert torch.equal(other.queries[keep], ref.queries[keep])
-        assert torch.equal(other.success[keep], ref.success[keep])
+    # the batch, then images 1 (misclassified), 3 and 6 (easy) replaced, then the batch cut after image 5
+    assert_independent_of_batch(lambda x, y: _attack(name, x, y, **cfg), mean_gap_images, gap)
 
 
 # -- the building blocks draw per row -------------------------------------------------------------------------------

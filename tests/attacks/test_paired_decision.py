@@ -16,60 +16,35 @@ import torch
 
 from rfd.attacks import hsja as hsja_module
 from rfd.attacks.base import Attack
+from rfd.attacks.boundary import Boundary
+from rfd.attacks.geoda import GeoDA
 from rfd.attacks.hsja import HopSkipJump
 from rfd.attacks.pgd import PGD
 from rfd.attacks.result import AttackResult
 from rfd.attacks.rng import SampleStreams
 from rfd.attacks.signflip import SignFlip
+from rfd.attacks.signopt import SignOPT
 from rfd.attacks.whitebox import random_start
 from rfd.blackbox.local import LocalBlackBox
-from tests.helpers.models import tiny_cnn
+from tests.helpers.attack_cases import OTHER, assert_same_rows, decision_attack, other_batch
+from tests.helpers.attack_cases import cnn_case as build_cnn_case
 
 N = 10
-WRONG = [1, 6]  # positions given a wrong label in the second batch: misclassified, never attacked
-OTHER = [3, 8]  # positions given another image in the second batch: attacked, finishing at other times
-VARIANTS = ["replaced", "alone"]
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, spare_x: torch.Tensor, variant: str, classes: int
-             ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The second batch and the positions common to both. ``replaced``: a few images swapped for misclassified or
-    other ones; ``alone``: every image but one misclassified (the survivor is attacked on its own)."""
-    x2, y2 = x.clone(), y.clone()
-    if variant == "replaced":
-        y2[WRONG] = (y2[WRONG] + 1) % classes
-        x2[OTHER] = spare_x[: len(OTHER)]
-        changed = set(WRONG) | set(OTHER)
-    else:
-        keep = 4
-        others = [i for i in range(x.shape[0]) if i != keep]
-        y2[others] = (y2[others] + 1) % classes
-        changed = set(others)
-    return x2, y2, [i for i in range(x.shape[0]) if i not in changed]
-
-
-def _assert_same_rows(a: AttackResult, b: AttackResult, rows: list[int]) -> None:
-    assert torch.equal(a.x_adv[rows], b.x_adv[rows])
-    assert torch.equal(a.queries[rows], b.queries[rows])
-    assert torch.equal(a.success[rows], b.success[rows])
-    assert [a.claims[i] for i in rows] == [b.claims[i] for i in rows]
-    for key in a.extras:
-        assert torch.equal(a.extras[key][rows], b.extras[key][rows]), key
+VARIANTS = ["replaced", "alone"]  # the second batch (other_batch, tests/helpers/attack_cases.py)
 
 
 @pytest.fixture(scope="module")
 def cnn_case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The tiny CNN of the decision-attack tests, N images labelled by it, and spare images."""
-    model = tiny_cnn()
-    x = torch.rand(N + len(OTHER), 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x[:N], y[:N], x[N:]
+    return build_cnn_case(N, spare=len(OTHER))
 
 
-DECISION = [(SignFlip, "linf", 0.05, {}), (HopSkipJump, "linf", 0.05, {"init_evals": 20}),
-            (HopSkipJump, "l2", 0.5, {"init_evals": 20})]
-DECISION_IDS = ["signflip", "hsja-linf", "hsja-l2"]
+# decision_attack adds the small settings of tests/helpers/attack_cases.py (DECISION_SMALL)
+DECISION = [(SignFlip, "linf", 0.05), (HopSkipJump, "linf", 0.05), (HopSkipJump, "l2", 0.5), (SignOPT, "linf", 0.05),
+            (SignOPT, "l2", 0.5), (GeoDA, "linf", 0.05), (GeoDA, "l2", 0.5), (Boundary, "l2", 0.5),
+            (Boundary, "linf", 0.05)]
+DECISION_IDS = ["signflip", "hsja-linf", "hsja-l2", "signopt-linf", "signopt-l2", "geoda-linf", "geoda-l2",
+                "boundary-l2", "boundary-linf"]
 
 
 def _run(model: torch.nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
@@ -77,19 +52,19 @@ def _run(model: torch.nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tenso
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("cls,norm,eps,kw", DECISION, ids=DECISION_IDS)
-def test_decision_attacks_are_paired_across_batches(cnn_case, cls, norm, eps, kw, variant) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("cls,norm,eps", DECISION, ids=DECISION_IDS)
+def test_decision_attacks_are_paired_across_batches(cnn_case, cls, norm, eps, variant) -> None:  # type: ignore[no-untyped-def]
     model, x, y, spare = cnn_case
-    attack = cls(norm=norm, eps=eps, budget=300, seed=2, **kw)
+    attack = decision_attack(cls, norm, eps, 300, seed=2)
     a = _run(model, attack, x, y)
-    x2, y2, common = _batches(x, y, spare, variant, 10)
+    x2, y2, common = other_batch(x, y, spare, variant, 10)
     b = _run(model, attack, x2, y2)
     # the batches really differ in who is attacked, and for how long
     assert a.clean_correct.all() and not b.clean_correct.all()
     changed = [i for i in range(N) if i not in common]
     assert not torch.equal(a.queries[changed], b.queries[changed])
     assert a.success.any() and not a.success.all()  # some break early, others run to the end
-    _assert_same_rows(a, b, common)
+    assert_same_rows(a, b, common)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
@@ -102,9 +77,9 @@ def test_hsja_probes_do_not_depend_on_memory_blocks_or_batch(cnn_case, monkeypat
     a = _run(model, attack, x, y)
     monkeypatch.setattr(hsja_module, "_PROBE_ELEMENTS", 1)  # one sample per block
     blocked = _run(model, attack, x, y)
-    _assert_same_rows(a, blocked, list(range(N)))
-    x2, y2, common = _batches(x, y, spare, "replaced", 10)
-    _assert_same_rows(a, _run(model, attack, x2, y2), common)
+    assert_same_rows(a, blocked, list(range(N)))
+    x2, y2, common = other_batch(x, y, spare, "replaced", 10)
+    assert_same_rows(a, _run(model, attack, x2, y2), common)
 
 
 def test_same_seed_same_result_other_seed_other_result(cnn_case) -> None:  # type: ignore[no-untyped-def]
@@ -113,7 +88,7 @@ def test_same_seed_same_result_other_seed_other_result(cnn_case) -> None:  # typ
         a = _run(model, attack_cls(eps=0.05, budget=150, seed=0, **kw), x, y)
         b = _run(model, attack_cls(eps=0.05, budget=150, seed=0, **kw), x, y)
         c = _run(model, attack_cls(eps=0.05, budget=150, seed=1, **kw), x, y)
-        _assert_same_rows(a, b, list(range(N)))
+        assert_same_rows(a, b, list(range(N)))
         assert not torch.equal(a.x_adv, c.x_adv)
 
 
@@ -167,12 +142,12 @@ def test_pgd_random_start_is_paired_across_batches(norm: str, variant: str) -> N
     a = attack.run(LocalBlackBox(model, verify=1), x, y)
     # "easier" replacements: images right next to the boundary (broken at once)
     spare = (x[: len(OTHER)] + (gap[: len(OTHER)] - 0.02 * eps).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-    x2, y2, common = _batches(x, y, spare, variant, 2)
+    x2, y2, common = other_batch(x, y, spare, variant, 2)
     b = attack.run(LocalBlackBox(model, verify=1), x2, y2)
     assert a.success.any() and not a.success.all()
     changed = [i for i in range(N) if i not in common]
     assert not torch.equal(a.queries[changed], b.queries[changed])
-    _assert_same_rows(a, b, common)
+    assert_same_rows(a, b, common)
     # the starts matter: another seed ends elsewhere
     other = PGD(norm=norm, eps=eps, steps=4, step_size=0.15 * eps, restarts=2, seed=8, budget=100)
     c = other.run(LocalBlackBox(model, verify=1), x, y)

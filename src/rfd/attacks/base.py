@@ -21,7 +21,7 @@ from rfd.attacks.projections import project
 from rfd.attacks.result import AttackResult
 from rfd.attacks.rng import SampleStreams
 from rfd.blackbox.base import Access, BlackBox, GradientsUnavailable
-from rfd.blackbox.losses import margin_loss
+from rfd.blackbox.losses import ascent_objective, margin_loss
 from rfd.blackbox.threat import ThreatModel, distances
 from rfd.data.checks import check_images_labels
 
@@ -121,6 +121,16 @@ class AttackState:
     def margin(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The paper's margin loss (B,) of x for samples idx (negative = looks adversarial); costs ``eot``."""
         return margin_loss(self.scores(x, idx), self.y[idx])
+
+    def objective(self, x: torch.Tensor, idx: torch.Tensor, loss: str, *, dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J, margin), each (B,), of x (B, C, H, W) for samples idx: the objective to *ascend* (``loss`` "margin":
+        ``-margin``; "ce": cross-entropy, of logits or of the black box's probabilities) and the margin (negative =
+        looks adversarial). The scores are cast to ``dtype`` first if given. Costs ``eot`` queries per row."""
+        scores = self.scores(x, idx)
+        if dtype is not None:
+            scores = scores.to(dtype)
+        return ascent_objective(scores, self.y[idx], loss, probabilities=self.bb.output == "probs")
 
     def labels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Predicted labels (B,) of x for samples idx; costs ``eot`` queries per row (majority of ``eot``

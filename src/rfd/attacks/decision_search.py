@@ -9,7 +9,8 @@ crosses the decision boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 
@@ -17,16 +18,35 @@ from rfd.attacks.base import AttackState
 from rfd.attacks.rng import RowDraws
 
 __all__ = [
+    "REPORT_AT",
     "Path",
+    "ReportAt",
     "bcast",
+    "bisect_blend",
     "bisect_boundary",
     "box_path",
     "can_pay",
+    "check_report_at",
+    "norm_distance",
+    "probe_blocks",
     "push_to_radius",
     "query_adversarial",
     "random_adversarial",
     "ray_path",
+    "record_boundary",
 ]
+
+# Which image a decision attack offers to the success check once its boundary point is within eps: "eps" = the
+# ray from x0 through the boundary point pushed out to distance eps (further from the boundary), "boundary" = the
+# boundary point itself (the original papers' output). One setting, shared by every decision attack's config.
+ReportAt = Literal["eps", "boundary"]
+REPORT_AT: tuple[str, ...] = ("eps", "boundary")
+
+
+def check_report_at(value: object) -> None:
+    """Raise ValueError unless ``value`` is one of :data:`REPORT_AT` (the decision configs' ``report_at``)."""
+    if value not in REPORT_AT:
+        raise ValueError(f"report_at must be 'eps' or 'boundary', got {value!r}")
 
 # path(t, rows): images (R, C, H, W) at parameters t (R,) for the rows ``rows`` (int64 (R,)) of the batch the
 # path was built for.
@@ -36,6 +56,12 @@ Path = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """View a per-sample vector v (B,) as (B, 1, 1, ...) to broadcast against ``like`` (B, ...)."""
     return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def norm_distance(x: torch.Tensor, x0: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-row distance (B,) of x from x0 (B, C, H, W) in ``norm`` ("linf": max abs pixel, else l_2)."""
+    diff = (x - x0).flatten(1)
+    return diff.abs().amax(1) if norm == "linf" else diff.norm(dim=1)
 
 
 def can_pay(state: AttackState, idx: torch.Tensor) -> torch.Tensor:
@@ -132,3 +158,58 @@ def push_to_radius(x0: torch.Tensor, x: torch.Tensor, norm: str, radius: float) 
     dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
     scale = torch.where(dist > 0, radius / dist.clamp_min(1e-12), torch.zeros_like(dist))
     return (x0 + bcast(scale, x0) * (x - x0)).clamp(0.0, 1.0)
+
+
+def bisect_blend(state: AttackState, idx: torch.Tensor, x_adv: torch.Tensor, tol: torch.Tensor | float
+                 ) -> torch.Tensor:
+    """Binary search on the blend ``x0 + s (x_adv - x0)``, s in [0, 1], from adversarial points x_adv (B, C, H, W)
+    of samples idx towards their clean images; ``tol`` (float or (B,)) is the width at which it stops, in units of
+    s. Returns the adversarial-side ends (B, C, H, W) (x_adv itself where nothing could be paid for)."""
+    x0 = state.x0[idx]
+    path = ray_path(x0, x_adv - x0)
+    ones = torch.ones(idx.numel(), device=x_adv.device)
+    _, hi = bisect_boundary(state, idx, path, torch.zeros_like(ones), ones, tol)
+    return path(hi, torch.arange(idx.numel(), device=x_adv.device))
+
+
+def record_boundary(state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, best: torch.Tensor, *,
+                    report_at: str) -> torch.Tensor:
+    """Record new points x_b (B, C, H, W) of samples idx, each called adversarial by its own query.
+
+    ``best`` (N,) holds each sample's smallest distance so far (the ``radius`` extra): where x_b improves on it,
+    it is updated and x_b kept as the sample's ``x_adv``. Samples whose point now lies within eps are claimed:
+    the check gets x_b (``report_at="boundary"``) or its ray from x0 pushed out to distance eps (``"eps"``).
+    Returns the distances (B,) of x_b in the attack's norm."""
+    norm, eps = state.config.norm, state.config.eps
+    x0 = state.x0[idx]
+    dd = norm_distance(x_b, x0, norm)
+    better = dd < best[idx]
+    best[idx[better]] = dd[better]
+    state.keep(x_b[better], idx[better])
+    won = dd <= eps
+    if bool(won.any()):
+        cand = x_b[won]
+        if report_at == "eps":
+            cand = push_to_radius(x0[won], cand, norm, eps)
+        state.report(cand, idx[won])
+    return dd
+
+
+def probe_blocks(evals: torch.Tensor, per_draw: int, block: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The schedule of a batched probe estimate in which sample i (row i) spends ``evals[i]`` probes.
+
+    Probes are drawn ``per_draw`` at a time per sample (a number fixed by the image size, not the batch, so that
+    sample i's draws depend only on its own stream and ``evals[i]``), and only while the sample has probes left;
+    rows are taken ``block`` at a time to bound memory. Yields ``(rows, vr, vc)``: the rows (R,) that draw
+    ``per_draw`` probes now, and the flat indices (into ``rows`` and the probe column) of the probes among them
+    that are to be queried (the last draw of a sample may hold more probes than it has left)."""
+    cols = torch.arange(per_draw, device=evals.device)
+    m_max = int(evals.max()) if evals.numel() > 0 else 0
+    for j0 in range(0, m_max, per_draw):
+        live = torch.nonzero(evals > j0).flatten()  # samples with probes j0, j0 + 1, ... left: only they draw
+        for r0 in range(0, live.numel(), block):
+            rows = live[r0:r0 + block]
+            valid = (j0 + cols).view(1, per_draw) < evals[rows].view(-1, 1)  # (R, per_draw)
+            vr, vc = torch.nonzero(valid, as_tuple=True)
+            yield rows, vr, vc

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.decision_search import (
     Path,
+    ReportAt,
     bcast,
     bisect_boundary,
     box_path,
     can_pay,
-    push_to_radius,
+    check_report_at,
+    norm_distance,
+    probe_blocks,
     query_adversarial,
     random_adversarial,
     ray_path,
+    record_boundary,
 )
 from rfd.attacks.rng import RowDraws
 
@@ -44,9 +48,7 @@ class HopSkipJumpConfig(AttackConfig):
     init_evals: int = 100  # Monte-Carlo probes of the first gradient estimate; step t uses init_evals * sqrt(t+1)
     max_evals: int = 10000  # cap on probes per gradient estimate
     max_halvings: int = 30  # geometric step-size search gives up (keeps the point) after this many halvings
-    # image offered for verification once the distance is <= eps: "eps" = the ray from x0 through the boundary point
-    # pushed out to distance eps (further from the boundary), "boundary" = the boundary point (the original's output)
-    report_at: Literal["eps", "boundary"] = "eps"
+    report_at: ReportAt = "eps"  # what the check gets once within eps (decision_search.ReportAt)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,8 +57,7 @@ class HopSkipJumpConfig(AttackConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.gamma > 0):
             raise ValueError(f"gamma must be positive, got {self.gamma}")
-        if self.report_at not in ("eps", "boundary"):
-            raise ValueError(f"report_at must be 'eps' or 'boundary', got {self.report_at!r}")
+        check_report_at(self.report_at)
 
 
 class HopSkipJump(Attack):
@@ -140,10 +141,6 @@ class HopSkipJump(Attack):
                 self._arrived(state, i, x_b[i], dist, best)
             steps[idx] += 1
 
-    def _distance(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        diff = (x - x0).flatten(1)
-        return diff.abs().amax(1) if self.config.norm == "linf" else diff.norm(dim=1)
-
     def _to_boundary(self, state: AttackState, idx: torch.Tensor, x: torch.Tensor, theta: float) -> torch.Tensor:
         """Binary search from adversarial points x (B, ...) towards x0[idx]; returns the adversarial-side ends."""
         x0 = state.x0[idx]
@@ -154,28 +151,17 @@ class HopSkipJump(Attack):
             _, hi = bisect_boundary(state, idx, path, torch.zeros_like(hi), hi, tol)
         else:
             path = box_path(x0, x)
-            hi = self._distance(x, x0)
+            hi = norm_distance(x, x0, "linf")
             _, hi = bisect_boundary(state, idx, path, torch.zeros_like(hi), hi, hi * theta)
         return path(hi, torch.arange(idx.numel(), device=x.device))
 
     def _arrived(self, state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, dist: torch.Tensor,
                  best: torch.Tensor) -> None:
-        """Record new boundary points x_b (B, ...) of samples idx (each one a black-box-adversarial point) and
-        claim the samples whose distance is now <= eps."""
+        """Record new boundary points x_b (B, ...) of samples idx (each one a black-box-adversarial point), their
+        distances in ``dist``, and claim the samples whose distance is now <= eps."""
         cfg = self.config
         assert isinstance(cfg, HopSkipJumpConfig)
-        x0 = state.x0[idx]
-        dd = self._distance(x_b, x0)
-        dist[idx] = dd
-        better = dd < best[idx]
-        best[idx[better]] = dd[better]
-        state.keep(x_b[better], idx[better])
-        won = dd <= cfg.eps
-        if bool(won.any()):
-            cand = x_b[won]
-            if cfg.report_at == "eps":
-                cand = push_to_radius(x0[won], cand, cfg.norm, cfg.eps)
-            state.report(cand, idx[won])
+        dist[idx] = record_boundary(state, idx, x_b, best, report_at=cfg.report_at)
 
     def _estimate_normal(self, state: AttackState, idx: torch.Tensor, x_b: torch.Tensor, delta: torch.Tensor,
                          evals: torch.Tensor, draws: RowDraws) -> torch.Tensor:
@@ -195,33 +181,26 @@ class HopSkipJump(Attack):
         ones = (1,) * len(shape)
         k = max(1, _DRAW_ELEMENTS // d)  # probes per sample and draw
         block = max(1, _PROBE_ELEMENTS // (k * d))  # samples drawn and probed at once
-        m_max = int(evals.max()) if b > 0 else 0
         s_weighted = torch.zeros_like(x_b)  # sum_j answer_j * u_j
         s_plain = torch.zeros_like(x_b)  # sum_j u_j
         s_answer = torch.zeros(b, device=x_b.device)
-        cols = torch.arange(k, device=x_b.device)
-        for j0 in range(0, m_max, k):
-            live = torch.nonzero(evals > j0).flatten()  # samples with probes j0, j0 + 1, ... left: only they draw
-            for r0 in range(0, live.numel(), block):
-                rows = live[r0:r0 + block]
-                r = rows.numel()
-                rd = draws.subset(rows)
-                if self.config.norm == "l2":
-                    u = rd.randn(r, k, *shape)
-                else:
-                    u = rd.rand(r, k, *shape) * 2 - 1
-                u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(r, k, *ones)
-                dl = delta[rows].float().view(r, 1, *ones)
-                xb = x_b[rows].unsqueeze(1)
-                probes = (xb + dl * u).clamp(0.0, 1.0)
-                u = (probes - xb) / dl  # the direction actually probed, after clipping
-                valid = (j0 + cols).view(1, k) < evals[rows].view(r, 1)  # (r, k)
-                vr, vc = torch.nonzero(valid, as_tuple=True)
-                at = rows[vr]
-                answer = query_adversarial(state, probes[vr, vc], idx[at]).float() * 2 - 1
-                s_answer.index_add_(0, at, answer)
-                s_weighted.index_add_(0, at, bcast(answer, u[vr, vc]) * u[vr, vc])
-                s_plain.index_add_(0, at, u[vr, vc])
+        for rows, vr, vc in probe_blocks(evals, k, block):
+            r = rows.numel()
+            rd = draws.subset(rows)
+            if self.config.norm == "l2":
+                u = rd.randn(r, k, *shape)
+            else:
+                u = rd.rand(r, k, *shape) * 2 - 1
+            u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(r, k, *ones)
+            dl = delta[rows].float().view(r, 1, *ones)
+            xb = x_b[rows].unsqueeze(1)
+            probes = (xb + dl * u).clamp(0.0, 1.0)
+            u = (probes - xb) / dl  # the direction actually probed, after clipping
+            at = rows[vr]
+            answer = query_adversarial(state, probes[vr, vc], idx[at]).float() * 2 - 1
+            s_answer.index_add_(0, at, answer)
+            s_weighted.index_add_(0, at, bcast(answer, u[vr, vc]) * u[vr, vc])
+            s_plain.index_add_(0, at, u[vr, vc])
         m = evals.clamp_min(1).float()
         mean = s_answer / m
         baseline = torch.where(mean.abs() == 1, torch.zeros_like(mean), mean)

@@ -8,12 +8,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
-from rfd.attacks.decision_search import bcast, bisect_boundary, can_pay, query_adversarial, ray_path
+from rfd.attacks.decision_search import (
+    ReportAt,
+    bcast,
+    bisect_boundary,
+    can_pay,
+    check_report_at,
+    query_adversarial,
+    ray_path,
+)
 
 __all__ = ["RayS", "RaySConfig", "block_schedule"]
 
@@ -27,14 +35,13 @@ class RaySConfig(AttackConfig):
     tol: float | None = None
     # which image to offer for verification once a radius <= eps is found: "eps" = the point of the best ray at
     # radius eps (further from the boundary, same ray), "boundary" = the boundary point found (the original's output)
-    report_at: Literal["eps", "boundary"] = "eps"
+    report_at: ReportAt = "eps"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tol is not None and not (self.tol > 0):
             raise ValueError(f"tol must be a positive l_inf width, got {self.tol}")
-        if self.report_at not in ("eps", "boundary"):
-            raise ValueError(f"report_at must be 'eps' or 'boundary', got {self.report_at!r}")
+        check_report_at(self.report_at)
 
 
 def block_schedule(dim: int) -> Iterator[tuple[int, int]]:

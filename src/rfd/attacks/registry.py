@@ -6,21 +6,35 @@ import importlib
 import inspect
 from typing import Any
 
+from rfd.attacks.bandits import Bandits
 from rfd.attacks.base import Attack
+from rfd.attacks.boundary import Boundary
 from rfd.attacks.cw import CarliniWagner
+from rfd.attacks.geoda import GeoDA
 from rfd.attacks.hsja import HopSkipJump
 from rfd.attacks.nes import NES
 from rfd.attacks.pgd import PGD
+from rfd.attacks.prgf import PRGF
 from rfd.attacks.rays import RayS
 from rfd.attacks.signflip import SignFlip
 from rfd.attacks.signhunt import SignHunt
+from rfd.attacks.signopt import SignOPT
+from rfd.attacks.simba import SimBA
 from rfd.attacks.square import Square
+from rfd.attacks.transfer import Transfer
+from rfd.attacks.zosignsgd import ZOSignSGD
 
 __all__ = ["ATTACKS", "get_attack_class", "list_attacks", "make_attack"]
 
-# registry name (the class's ``name``) -> attack class; the only registry of attacks
+# registry name (the class's ``name``) -> attack class; the only registry of attacks. Order: score-based,
+# decision-based, surrogate-based (transfer, transfer prior), white-box.
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (Square, NES, SignHunt, RayS, SignFlip, HopSkipJump, PGD, CarliniWagner)
+    cls.name: cls for cls in (
+        Square, NES, SignHunt, Bandits, SimBA, ZOSignSGD,
+        RayS, SignFlip, HopSkipJump, SignOPT, GeoDA, Boundary,
+        Transfer, PRGF,
+        PGD, CarliniWagner,
+    )
 }
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rfd.attacks.base import Attack, AttackState
 from rfd.attacks.projections import l2_normalize
 from rfd.attacks.rng import RowDraws
-from rfd.blackbox.losses import margin_loss
+from rfd.blackbox.losses import LOSSES, margin_loss
 
 __all__ = [
     "LOSSES",
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # Objective to MAXIMISE: logits (B, K), labels (B,) -> (B,)
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES = ("ce", "margin")
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:

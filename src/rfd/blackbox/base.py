@@ -79,6 +79,8 @@ class BlackBox(ABC):
         self.verify = verify
         self.check: CheckMode = check
         self.reevaluate = reevaluate
+        # what score answers are: "logits" or "probs" (softmax); subclasses that can answer probabilities set it
+        self.output: str = "logits"
         self._queries = torch.zeros(0, dtype=torch.int64)
         self._checks = torch.zeros(0, dtype=torch.int64)
         self._check_forwards = torch.zeros(0, dtype=torch.int64)
