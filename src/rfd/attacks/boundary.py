@@ -18,8 +18,9 @@ from rfd.attacks.decision_search import (
     bisect_blend,
     can_pay,
     check_report_at,
+    noise_start,
     query_adversarial,
-    random_adversarial,
+    radius_extra,
     record_boundary,
 )
 
@@ -152,13 +153,10 @@ class Boundary(Attack):
         x0 = state.x0
         n, dev = x0.shape[0], x0.device
         everyone = torch.arange(n, device=dev)
-        best = torch.full((n,), math.inf, device=dev)  # smallest distance (cfg.norm) of an accepted point
-        state.extras["radius"] = best
+        best = radius_extra(state)  # smallest distance reached, per sample
 
         # -- start: adversarial noise, then the binary search along its blend with x0 ------------------------------
-        idx = everyone[can_pay(state, everyone)]
-        x_start, found = random_adversarial(state, idx, state.rng.rows(idx), cfg.init_tries)
-        idx, x_start = idx[found], x_start[found]
+        idx, x_start = noise_start(state, cfg.init_tries)
         if idx.numel() == 0:
             return
         x_cur = torch.zeros_like(x0)  # the current adversarial point, per sample

@@ -27,10 +27,12 @@ __all__ = [
     "box_path",
     "can_pay",
     "check_report_at",
+    "noise_start",
     "norm_distance",
     "probe_blocks",
     "push_to_radius",
     "query_adversarial",
+    "radius_extra",
     "random_adversarial",
     "ray_path",
     "record_boundary",
@@ -213,3 +215,22 @@ def probe_blocks(evals: torch.Tensor, per_draw: int, block: int
             valid = (j0 + cols).view(1, per_draw) < evals[rows].view(-1, 1)  # (R, per_draw)
             vr, vc = torch.nonzero(valid, as_tuple=True)
             yield rows, vr, vc
+
+
+def radius_extra(state: AttackState) -> torch.Tensor:
+    """A new per-sample radius (N,), all inf, registered as the result's ``extras["radius"]``: the smallest
+    distance a decision attack has reached per sample (updated in place by :func:`record_boundary`)."""
+    best = torch.full((state.n,), float("inf"), device=state.x0.device)
+    state.extras["radius"] = best
+    return best
+
+
+def noise_start(state: AttackState, tries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform-noise start of a decision attack: every sample that can pay draws up to ``tries`` noise images
+    from its own stream (:func:`random_adversarial`). Returns (idx, x_start): the samples that found an adversarial
+    image, and those images (B, C, H, W)."""
+    everyone = torch.arange(state.n, device=state.x0.device)
+    idx = everyone[can_pay(state, everyone)]
+    # every draw comes from the sample's own stream (state.rng): its path does not depend on the other samples
+    x_start, found = random_adversarial(state, idx, state.rng.rows(idx), tries)
+    return idx[found], x_start[found]

@@ -24,9 +24,10 @@ from rfd.attacks.decision_search import (
     bisect_boundary,
     can_pay,
     check_report_at,
+    noise_start,
     probe_blocks,
     query_adversarial,
-    random_adversarial,
+    radius_extra,
     ray_path,
     record_boundary,
 )
@@ -223,13 +224,9 @@ class GeoDA(Attack):
         dct_h = dct_matrix(height, subspace_side(height, cfg.sub_dim), device=dev)
         dct_w = dct_matrix(width, subspace_side(width, cfg.sub_dim), device=dev)
         everyone = torch.arange(n, device=dev)
-        best = torch.full((n,), math.inf, device=dev)  # smallest boundary distance seen, per sample
-        state.extras["radius"] = best
+        best = radius_extra(state)  # smallest distance reached, per sample
 
-        idx = everyone[can_pay(state, everyone)]
-        # every draw comes from the sample's own stream (state.rng): its path does not depend on the other samples
-        x_start, found = random_adversarial(state, idx, state.rng.rows(idx), cfg.init_tries)
-        idx, x_start = idx[found], x_start[found]
+        idx, x_start = noise_start(state, cfg.init_tries)
         if idx.numel() == 0:
             return
         # first boundary point: binary search on the segment x0 -> start (parameter s in [0, 1])

@@ -21,10 +21,11 @@ from rfd.attacks.decision_search import (
     box_path,
     can_pay,
     check_report_at,
+    noise_start,
     norm_distance,
     probe_blocks,
     query_adversarial,
-    random_adversarial,
+    radius_extra,
     ray_path,
     record_boundary,
 )
@@ -94,13 +95,9 @@ class HopSkipJump(Attack):
         n, dev, d = x0.shape[0], x0.device, x0[0].numel()
         theta = cfg.gamma / (d * math.sqrt(d)) if cfg.norm == "l2" else cfg.gamma / (d * d)
         everyone = torch.arange(n, device=dev)
-        best = torch.full((n,), math.inf, device=dev)  # smallest boundary distance seen, per sample
-        state.extras["radius"] = best
+        best = radius_extra(state)  # smallest distance reached, per sample
 
-        idx = everyone[can_pay(state, everyone)]
-        # every draw comes from the sample's own stream (state.rng): its path does not depend on the other samples
-        x_start, found = random_adversarial(state, idx, state.rng.rows(idx), cfg.init_tries)
-        idx, x_start = idx[found], x_start[found]
+        idx, x_start = noise_start(state, cfg.init_tries)
         if idx.numel() == 0:
             return
         x_b = torch.zeros_like(x0)  # current boundary point (adversarial side), per sample

@@ -22,6 +22,7 @@ from rfd.attacks.decision_search import (
     check_report_at,
     probe_blocks,
     query_adversarial,
+    radius_extra,
     ray_path,
     record_boundary,
 )
@@ -134,8 +135,7 @@ class SignOPT(Attack):
         x0 = state.x0
         n, dev = x0.shape[0], x0.device
         everyone = torch.arange(n, device=dev)
-        best = torch.full((n,), math.inf, device=dev)  # smallest boundary-point distance seen, per sample
-        state.extras["radius"] = best
+        best = radius_extra(state)  # smallest distance reached, per sample
         theta = torch.zeros_like(x0)  # current direction, unit norm, per sample
         g = torch.full((n,), math.inf, device=dev)  # g(theta): boundary distance along theta
 
