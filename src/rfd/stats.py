@@ -5,7 +5,9 @@ Why these: a robust accuracy is a proportion over images, so its 95% interval is
 keeps its coverage near 0 and 1 where the normal approximation does not. The ``expected`` reading averages
 per-image probabilities, so its interval is a percentile bootstrap over images. Two methods evaluated on the
 *same* images are compared by the per-image difference (a paired bootstrap over images) and, for 0/1 outcomes,
-McNemar's exact test on the discordant images."""
+McNemar's exact test on the discordant images. Whether a prediction orders a handful of items (layers) as a
+measurement does is Spearman's rank correlation, with the exact permutation p-value (a few items: the normal
+approximation does not hold)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["Estimate", "PairedDifference", "bootstrap_mean", "mcnemar_exact", "paired_difference", "wilson"]
+__all__ = ["Estimate", "PairedDifference", "average_ranks", "bootstrap_mean", "mcnemar_exact", "paired_difference",
+           "spearman", "spearman_exact_p", "wilson"]
 
 _BOOT = 2000  # bootstrap resamples: the percentile error is well below the 0.1-point rounding of the tables
 
@@ -140,3 +143,47 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, level: float = 0.95, seed
     b_only = int(((va == 0) & (vb == 1)).sum()) if binary else 0
     p = mcnemar_exact(a_only, b_only) if binary else math.nan
     return PairedDifference(float(d.mean()), float(low), float(high), n, a_only, b_only, p, level)
+
+
+_EXACT_ITEMS = 8  # up to 8! = 40320 orderings the permutation p-value is enumerated; beyond, sampled
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks along the last axis, ties sharing their average rank (``[3, 1, 3] -> [2.5, 1, 2.5]``)."""
+    v = np.asarray(values, dtype=np.float64)
+    less = (v[..., None, :] < v[..., :, None]).sum(-1)
+    equal = (v[..., None, :] == v[..., :, None]).sum(-1)
+    return less + (equal + 1) / 2
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of ``x`` and ``y`` along the last axis (broadcast; NaN where either side is
+    constant)."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = np.broadcast_arrays(rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True))
+    den = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def spearman_exact_p(x: np.ndarray, y: np.ndarray, *, seed: int = 0, resamples: int = 20000) -> float:
+    """Two-sided permutation p-value of Spearman's rho for 1-D ``x``, ``y``: the fraction of orderings of ``y``
+    whose |rho| reaches the observed one (all orderings up to 8 items, else ``resamples`` seeded ones)."""
+    from itertools import permutations
+
+    xv, yv = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xv.ndim != 1 or xv.shape != yv.shape:
+        raise ValueError(f"x and y must be 1-D of the same length, got shapes {xv.shape} and {yv.shape}")
+    n = xv.shape[0]
+    if n < 3:
+        raise ValueError(f"a rank correlation needs at least 3 items, got {n}")
+    obs = float(spearman(xv, yv))
+    if math.isnan(obs):
+        return math.nan
+    if n <= _EXACT_ITEMS:
+        orders = np.array(list(permutations(range(n))))
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.argsort(rng.random((resamples, n)), axis=1)
+    rhos = spearman(xv[None, :], yv[orders])
+    return float(np.mean(np.abs(rhos) >= abs(obs) - 1e-12))

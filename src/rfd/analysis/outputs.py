@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rfd.analysis import plots
+from rfd.analysis.agreement import LayerAgreement
 from rfd.analysis.approx_error import ApproxErrorResult
 from rfd.analysis.layers import LayerRanking
 from rfd.analysis.magnitude import MagnitudeResult
@@ -24,6 +25,7 @@ from rfd.jsonable import jsonable
 
 __all__ = [
     "jsonable",
+    "write_agreement",
     "write_approx_error",
     "write_csv",
     "write_json",
@@ -110,3 +112,11 @@ def write_ranking(ranking: LayerRanking, out: str | os.PathLike[str], *, name: s
         full["files"].append(str(write_csv(o / f"{name}_confirm.csv", ranking.confirm)))
         write_json(o / f"{name}.json", full)
     return full
+
+
+def write_agreement(found: Sequence[LayerAgreement], out: str | os.PathLike[str], *, name: str = "agreement",
+                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``agreement.json`` (one entry per reading x predictor) and ``agreement.csv`` (one row per layer each)."""
+    o = Path(out)
+    summary = {"agreements": [g.to_dict() for g in found]}
+    return _finish(o, name, summary, [r for g in found for r in g.rows()], [], meta)

@@ -1,4 +1,5 @@
-"""`rfd analyze ratio|theorem1|magnitude|approx-error|layers --model M --out DIR`: the paper's analysis.
+"""`rfd analyze ratio|theorem1|magnitude|approx-error|layers --model M --out DIR`: the paper's analysis;
+`rfd analyze agreement STORE --model M --prediction ratio.json ...`: its layer predictions against a per-layer study.
 
 Each analysis writes PNG figures plus the numbers as JSON and CSV into --out and prints a summary (--json: one
 JSON object). All logic lives in :mod:`rfd.analysis`; this module parses flags, loads model and data, calls it.
@@ -15,7 +16,7 @@ from rfd.cli.model_args import add_model_args, model_from_args
 
 __all__ = ["ANALYSES", "register"]
 
-ANALYSES = ("ratio", "theorem1", "magnitude", "approx-error", "layers")
+ANALYSES = ("ratio", "theorem1", "magnitude", "approx-error", "layers", "agreement")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +90,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--budget", type=int, default=200, help="queries per image for --confirm (default 200)")
     q.add_argument("--attack-n", type=int, default=50, help="images attacked by --confirm (default 50)")
     q.set_defaults(func=run_layers)
+
+    q = a.add_parser("agreement", help="rank correlation of ratio/layers predictions with a per-layer study "
+                     "(Tables 6, 14)", description="For one model: per layer, the values rfd analyze ratio and "
+                     "rfd analyze layers predicted (their JSON) next to the robust accuracy a per-layer study measured "
+                     "(rfd reproduce 6 / 14: one noisy layer per run; mean over its attacks, 95%% bootstrap "
+                     "interval), and per predictor Spearman's rho with its exact permutation p-value and a bootstrap "
+                     "interval over images, under each reading. Writes agreement.json and agreement.csv into --out.")
+    q.add_argument("store", help="results store (SQLite) of a per-layer study")
+    q.add_argument("--model", required=True, help="the model whose layers are compared (as named in the store)")
+    q.add_argument("--prediction", action="append", required=True, metavar="JSON",
+                   help="ratio.json of rfd analyze ratio or layers.json of rfd analyze layers (repeatable)")
+    q.add_argument("--readings", default="paper,strict", metavar="R1,R2",
+                   help="readings of the measured robust accuracy (default paper,strict)")
+    q.add_argument("--budget", type=int, default=None, help="queries at which robustness is read (default: the "
+                   "runs' budget)")
+    q.add_argument("--out", required=True, help="folder for agreement.json and agreement.csv")
+    q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws (default 0)")
+    add_common(q, device=False)
+    q.set_defaults(func=run_agreement)
 
 
 # ------------------------------------------------------------------------------------------------ flag groups
@@ -295,3 +315,38 @@ def run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def run_agreement(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rfd.analysis.agreement import agreements
+    from rfd.analysis.outputs import write_agreement
+    from rfd.eval.results import load_results
+
+    if not Path(args.store).is_file():
+        raise CLIError(f"results store not found: {args.store}")
+    summaries = []
+    for f in args.prediction:
+        try:
+            summaries.append(json.loads(Path(f).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise CLIError(f"--prediction {f}: cannot read it as JSON ({e})") from None
+    readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    found = agreements(summaries, load_results(args.store), args.model, readings=readings, budget=args.budget,
+                       seed=args.seed)
+    out = write_agreement(found, args.out, meta={"store": args.store, "model": args.model,
+                                                 "predictions": list(args.prediction)})
+    rows = [["reading", "predictor", "rho", "95% interval", "exact p", "predicted order (best first)"]]
+    for g in found:
+        order = [r["layer"] for r in sorted(g.rows(), key=lambda r: r["predicted_rank"])]
+        rows.append([g.reading, g.predictor, f"{g.rho:+.2f}", f"[{g.low:+.2f}, {g.high:+.2f}]", f"{g.p_value:.3g}",
+                     " > ".join(order)])
+    first = found[0]
+    measured = [["layer", *(f"measured {rd}" for rd in readings)]]
+    for i, ly in enumerate(first.layers):
+        measured.append([ly, *(next(g for g in found if g.reading == rd).measured[i].percent() for rd in readings)])
+    emit(args, out, f"{args.model}: {first.images} images, mean over {', '.join(first.attacks)} at {first.budget} "
+         f"queries\n{_table(measured)}\n\n{_table(rows)}\nwrote {', '.join(out['files'])}")
+    return 0

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="tables and plots from a results store",
         description="Render a results store in the paper's layouts. TABLE is a kind (robust, decision, strength, "
-        "layer, eot, lucky, runs) or a paper table number (1, 2, 9 -> robust; 5, 10, 11 -> decision; 3 -> "
+        "layer, eot, lucky, runs) or a paper table number (1, 2, 4, 9 -> robust; 5, 10, 11 -> decision; 3 -> "
         "strength; 6, 14 -> layer; 7 -> eot; 15 -> lucky). Values are percentages.")
     p.add_argument("db", help="results store (SQLite) written by rfd run / demo / reproduce")
     p.add_argument("--table", default="robust", help="table kind or paper table number (default: robust)")

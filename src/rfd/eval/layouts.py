@@ -20,8 +20,8 @@ __all__ = ["DEFAULT_READINGS", "LAYOUTS", "PAPER_TABLES", "TABLE_KINDS", "Layout
 
 DEFAULT_READINGS = ("paper", "strict")
 TABLE_KINDS = ("robust", "decision", "strength", "layer", "eot", "lucky", "runs")
-PAPER_TABLES = {"1": "robust", "2": "robust", "9": "robust", "5": "decision", "10": "decision", "11": "decision",
-                "3": "strength", "6": "layer", "14": "layer", "7": "eot", "15": "lucky"}
+PAPER_TABLES = {"1": "robust", "2": "robust", "4": "robust", "9": "robust", "5": "decision", "10": "decision",
+                "11": "decision", "3": "strength", "6": "layer", "14": "layer", "7": "eot", "15": "lucky"}
 
 
 @dataclass

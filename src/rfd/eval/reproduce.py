@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rfd.eval.demo import default_workers
+from rfd.eval.layouts import PAPER_TABLES
 from rfd.eval.paper_presets import SCALES, Preset, preset_for, preset_study
 from rfd.eval.plan import Shard, plan_status, plan_study
 from rfd.eval.reporting import write_report
@@ -62,7 +63,7 @@ def reproduce(table: str, scale: str = "cpu", *, out: str | os.PathLike[str] | N
     keys = {c.key for c in plan_study(study).cells}
     paths = write_report(db_path, out_dir, [preset.kind], title=f"{preset.title} (scale {scale})",
                          intro=f"{study.description}\n\nComputed in {summary.elapsed_s:.0f} s into `{db_path.name}`; "
-                         f"`rfd report {db_path} --table {preset.table}` renders it again.", run_keys=keys)
+                         f"`rfd report {db_path} --table {_table_arg(preset)}` renders it again.", run_keys=keys)
     return ReproduceResult(preset=preset, scale=scale, db=db_path, paths=paths, summary=summary,
                            report=Path(paths["report"]).read_text())
 
@@ -83,3 +84,9 @@ def estimate_tables(tables: list[str], scale: str, *, device: str = "cpu",
         throughput.update(est.throughput)
         rows.append(est.to_dict() | {"table": t, "scale": scale, "workers": workers})
     return rows, throughput
+
+
+def _table_arg(preset: Preset) -> str:
+    """What ``rfd report --table`` takes for a preset: its paper table number, else its layout kind (the
+    honest, adaptive, wide, outputs and per-model presets are not paper tables)."""
+    return preset.table if preset.table in PAPER_TABLES else preset.kind

@@ -3,7 +3,7 @@
 
 Kinds (paper tables in brackets):
 
-* ``robust`` [1, 2, 9]: robust accuracy by model / method / noise level, one column per attack and budget,
+* ``robust`` [1, 2, 4, 9]: robust accuracy by model / method / noise level, one column per attack and budget,
   with clean accuracy ("Acc");
 * ``decision`` [5, 10, 11]: one column per (decision-based) attack at the full budget, with Acc;
 * ``strength`` [3]: rows attack x strength setting (the attack parameter that varies), columns model x noise
