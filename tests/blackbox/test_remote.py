@@ -115,7 +115,7 @@ def test_server_count_equals_attack_accounting(serve, evaluator):  # type: ignor
 
 
 def test_decision_attack_on_a_label_only_server(serve):  # type: ignore[no-untyped-def]
-    srv = serve(spec=DefenseSpec(family="input", sigma=0.02), output="label")
+    srv = serve(spec=DefenseSpec(family="input", sigma=0.02), output="labels")
     x, y = data(4)
     with pytest.raises(ValueError, match="labels only"):
         RemoteBlackBox(srv.url, "k-attacker")
@@ -170,7 +170,7 @@ def test_clear_errors_for_unreachable_server_and_bad_key(serve):  # type: ignore
     with pytest.raises(RemoteError, match="401.*unknown API key"):
         RemoteBlackBox(srv.url, "k-attacker", verify_api_key="wrong-key")
     srv2 = serve(output="probs")
-    with pytest.raises(ValueError, match="logits are not available"):
+    with pytest.raises(ValueError, match="answers probs; output logits cannot be computed"):
         RemoteBlackBox(srv2.url, "k-attacker", output="logits")
 
 
@@ -210,3 +210,22 @@ def test_rfd_attack_remote(tmp_path, capsys):  # type: ignore[no-untyped-def]
         assert main(common + ["--remote", srv.url, "--api-key", "k-attacker", "--defense", "input",
                               "--sigma", "0.1"]) == 2
         assert "lives in the server" in capsys.readouterr().err
+
+
+def test_output_settings_over_http_match_the_local_black_box(serve):  # type: ignore[no-untyped-def]
+    x, _ = data(5)
+    idx = torch.arange(5)
+    for served, wanted in (("topk:2", None), ("logits", "top1"), ("probs", "rounded:1"), ("rounded:1", None)):
+        srv = serve(output=served)
+        with RemoteBlackBox(srv.url, "k-attacker", output=wanted) as remote:
+            local = LocalBlackBox(tiny_model(), output=wanted or served)
+            assert remote.output == (wanted or served) and remote.server_output == served
+            for bb in (local, remote):
+                bb.start(5)
+            got, want = remote.scores(x, idx), local.scores(x, idx)
+            assert torch.equal(torch.isnan(got), torch.isnan(want))
+            assert torch.allclose(got.nan_to_num(), want.nan_to_num(), atol=1e-6)
+            assert torch.equal(remote.labels(x, idx), local.labels(x, idx))
+    srv = serve(output="top1")
+    with pytest.raises(ValueError, match="answers top1; output probs cannot be computed"):
+        RemoteBlackBox(srv.url, "k-attacker", output="probs")

@@ -97,6 +97,8 @@ def test_preset_radii_checkpoints_and_checks(table: str, scale: str) -> None:
         default = default_eps(s.data.dataset, a.norm)
         if table == "3" and a.name == "signhunt":  # the strength sweep varies SignHunt's radius (its probe)
             assert default in {b.eps for b in s.attacks if b.name == "signhunt"}
+        elif table == "4":  # adversarial training: the reference radius and the AT model's training radius
+            assert a.eps in (default, 0.1), a
         else:  # the eps preset of the dataset (rfd.eval.presets) for the attack's norm
             assert a.eps == default, a
         if table == "15":  # the lucky table: success decided by a single forward
@@ -133,15 +135,25 @@ def test_paper_tables_vary_what_they_are_about(scale: str) -> None:
     t5 = preset_study("5", scale)
     assert all(get_attack_class(a.name).access == "labels" for a in t5.attacks)
     assert {"none", "aaa"} <= {d.family for d in t5.defenses}
-    # Tables 6 and 14: feature noise at one candidate layer at a time, every layer once
-    for table in ("6", "14"):
+    # Table 4: the AT model and its base model, each bare and with input / feature noise at the same drop, under
+    # the score attacks at the reference eps and at the AT model's training eps
+    t4 = preset_study("4", scale)
+    assert [m.name for m in t4.models] == ["fmnist-vgg-at", "fmnist-vgg"]
+    assert [(d.family, d.drop) for d in t4.defenses] == [("none", None), ("input", 0.02), ("feature", 0.02)]
+    assert {(a.name, a.eps) for a in t4.attacks} == {(a, e) for a in ("square", "nes", "signhunt") for e in (0.05, 0.1)}
+    # Tables 6 and 14: feature noise at one candidate layer at a time, every layer once (one model per preset)
+    for table in ("6", "14", "6-resnet", "6-vit", "14-resnet", "14-vit"):
         s = preset_study(table, scale)
         (model,) = s.models
         layers = [d.layers for d in s.defenses]
         assert all(d.family == "feature" and len(d.layers) == 1 for d in s.defenses)
         assert len(set(layers)) == len(layers)
         assert {ly for (ly,) in layers} <= set(candidate_layers(_random_weights(model.name)))
-        assert all(d.scaled for d in s.defenses) if table == "6" else all(d.needs_calibration for d in s.defenses)
+        assert model.name == {"resnet": "fmnist-resnet", "vit": "fmnist-vit"}.get(table.partition("-")[2], "fmnist-vgg")
+        if table.startswith("6"):
+            assert all(d.scaled for d in s.defenses)
+        else:
+            assert all(d.needs_calibration for d in s.defenses)
     # Table 7: EOT; each attack's budget is M times the base budget, so the base budget is also reported
     t7 = preset_study("7", scale)
     base = min(a.budget for a in t7.attacks if a.eot == 1)

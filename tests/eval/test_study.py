@@ -107,7 +107,7 @@ def test_validation_errors_say_where_and_what(raw: dict, where: str, what: str) 
 
 
 def test_unknown_key_message_lists_allowed_keys() -> None:
-    with pytest.raises(StudyError, match=r"allowed: name, norm, eps, budget, eot, verify, check, reevaluate, params, sweep, label"):
+    with pytest.raises(StudyError, match=r"allowed: name, norm, eps, budget, eot, verify, check, reevaluate, output, params, sweep, label"):
         parse_study({**BASE, "attacks": [{"name": "square", "step": 1}]})
 
 
@@ -135,3 +135,13 @@ def test_chunk_bounds_are_fixed_by_index() -> None:
     assert [s.chunk_bounds(k) for k in range(3)] == [(0, 10), (10, 20), (20, 23)]
     with pytest.raises(ValueError):
         s.chunk_bounds(3)
+
+
+def test_output_settings_per_attack_entry_and_study_wide() -> None:
+    s = parse_study({**BASE, "output": "probs", "attacks": ["square", {"name": "nes", "output": ["topk:3", "Top1"]}]})
+    assert [(a.name, a.output) for a in s.attacks] == [("square", "probs"), ("nes", "topk:3"), ("nes", "top1")]
+    assert parse_study(s.to_dict()) == s
+    with pytest.raises(StudyError, match=r"attacks\[0\].*square is score-based and output setting labels"):
+        parse_study({**BASE, "attacks": [{"name": "square", "output": "labels"}]})
+    with pytest.raises(StudyError, match=r"attacks\[0\].*unknown output setting 'top5'"):
+        parse_study({**BASE, "attacks": [{"name": "rays", "output": "top5"}]})

@@ -94,7 +94,7 @@ def test_health_info_and_openapi(serve, tmp_path):  # type: ignore[no-untyped-de
     assert c.get("/healthz").json() == {"status": "ok"}
     info = c.get("/v1/info").json()
     assert info["model"] == "tiny" and info["input_shape"] == [1, 8, 8] and info["num_classes"] == K
-    assert info["classes"] == ["a", "b", "c", "d"] and info["output"] == "scores"
+    assert info["classes"] == ["a", "b", "c", "d"] and info["output"] == "logits"
     assert info["defense"] == {"family": "feature"}  # sigma stays private unless the operator exposes it
     assert info["max_batch"] == 16 and info["max_body_bytes"] == 64 * 1024
     schema = c.get("/openapi.json").json()
@@ -116,7 +116,7 @@ def test_three_formats_answer_like_the_model(serve):  # type: ignore[no-untyped-
         r = post(c, body)
         assert r.status_code == 200, r.text
         ans = r.json()
-        assert ans["n"] == 5 and ans["output"] == "scores"
+        assert ans["n"] == 5 and ans["output"] == "logits"
         got = torch.tensor(ans["scores"])
         assert torch.equal(got, want)  # float32 -> JSON -> float32 is exact
         assert ans["labels"] == want.argmax(1).tolist()
@@ -127,17 +127,37 @@ def test_three_formats_answer_like_the_model(serve):  # type: ignore[no-untyped-
     assert used(c) == 15 and r.json()["usage"] == {"name": "alice", "used": 15, "budget": 20, "remaining": 5}
 
 
-@pytest.mark.parametrize("output", ["probs", "label"])
-def test_output_kinds(serve, output):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("output", ["logits", "probs", "topk:2", "top1", "rounded:1", "labels"])
+def test_output_settings_answer_exactly_what_they_promise(serve, output):  # type: ignore[no-untyped-def]
     _, c = serve(config=ServeConfig(output=output, max_batch=16, max_body=64 * 1024))
+    assert c.get("/v1/info").json()["output"] == output
     x = images(3)
     ans = post(c, f32(x)).json()
     want = tiny_model()(x)
+    p = want.softmax(1)
+    fields = {"logits": "scores", "probs": "scores", "rounded:1": "scores", "topk:2": "top", "top1": "top"}
+    # no other field: nothing about the hidden classes travels
+    assert set(ans) == {"output", "n", "labels", "usage"} | ({fields[output]} if output in fields else set())
     assert ans["output"] == output and ans["labels"] == want.argmax(1).tolist()
-    if output == "probs":
-        assert torch.allclose(torch.tensor(ans["scores"]), want.softmax(1), atol=1e-6)
-    else:
-        assert "scores" not in ans
+    if output == "logits":
+        assert torch.allclose(torch.tensor(ans["scores"]), want, atol=1e-5)
+    elif output == "probs":
+        assert torch.allclose(torch.tensor(ans["scores"]), p, atol=1e-6)
+    elif output == "rounded:1":
+        got = torch.tensor(ans["scores"])
+        assert torch.allclose(got, torch.round(p, decimals=1), atol=1e-6) and torch.equal(got, torch.round(got, decimals=1))
+    elif output in ("topk:2", "top1"):
+        k = 2 if output == "topk:2" else 1
+        top = p.topk(k, dim=1)
+        assert [[c for c, _ in row] for row in ans["top"]] == top.indices.tolist()
+        assert torch.allclose(torch.tensor([[v for _, v in row] for row in ans["top"]]), top.values, atol=1e-6)
+
+
+def test_unknown_output_setting_is_refused_by_name() -> None:
+    for bad, says in (("scores", "now called 'logits'"), ("topk", "needs a number"), ("topk:0", "K >= 1"),
+                      ("softmax", "unknown output setting")):
+        with pytest.raises(ValueError, match=says):
+            ServeConfig(output=bad)
 
 
 def test_fresh_noise_per_request_and_seeded_sequence(serve, tmp_path):  # type: ignore[no-untyped-def]
@@ -197,7 +217,7 @@ def test_budget_survives_restart_and_log_records_answers(serve, tmp_path):  # ty
         recs = log.records("alice")
         assert [r.n_images for r in recs] == [4, 3, 13]
         assert list(recs[0].classes + recs[1].classes) == labels
-        assert all(r.output == "scores" and len(r.key_id) == 12 and "key-alice" not in r.key_id for r in recs)
+        assert all(r.output == "logits" and len(r.key_id) == 12 and "key-alice" not in r.key_id for r in recs)
         assert log.totals() == {"alice": 20, "bob": 2}
     finally:
         log.close()

@@ -21,7 +21,8 @@ from rfd.attacks.projections import project
 from rfd.attacks.result import AttackResult
 from rfd.attacks.rng import SampleStreams
 from rfd.blackbox.base import Access, BlackBox, GradientsUnavailable
-from rfd.blackbox.losses import ascent_objective, margin_loss
+from rfd.blackbox.losses import ascent_objective, margin_loss, visible_margin
+from rfd.blackbox.outputs import OutputSpec
 from rfd.blackbox.threat import ThreatModel, distances
 from rfd.data.checks import check_images_labels
 
@@ -119,8 +120,10 @@ class AttackState:
         return out
 
     def margin(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The paper's margin loss (B,) of x for samples idx (negative = looks adversarial); costs ``eot``."""
-        return margin_loss(self.scores(x, idx), self.y[idx])
+        """The paper's margin loss (B,) of x for samples idx (negative = looks adversarial); costs ``eot``. Under
+        a partial output (topk, top1) the margin of the visible classes (:func:`visible_margin`)."""
+        s = self.scores(x, idx)
+        return visible_margin(s, self.y[idx]) if self.bb.output.partial else margin_loss(s, self.y[idx])
 
     def objective(self, x: torch.Tensor, idx: torch.Tensor, loss: str, *, dtype: torch.dtype | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +133,8 @@ class AttackState:
         scores = self.scores(x, idx)
         if dtype is not None:
             scores = scores.to(dtype)
-        return ascent_objective(scores, self.y[idx], loss, probabilities=self.bb.output == "probs")
+        return ascent_objective(scores, self.y[idx], loss, probabilities=self.bb.output.probabilities,
+                                partial=self.bb.output.partial)
 
     def labels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Predicted labels (B,) of x for samples idx; costs ``eot`` queries per row (majority of ``eot``
@@ -248,6 +252,24 @@ class Attack(ABC):
         "gradients"``). The one place that maps :attr:`access` to a black box's ``access``."""
         return "labels" if cls.access == "labels" else "scores"
 
+    def output_problem(self, output: OutputSpec) -> str | None:
+        """Why this attack, as configured, cannot run against a black box answering ``output`` (None: it can).
+
+        Score-based attacks need scores (not ``labels``) and, under a partial output (topk, top1), an objective
+        computable from the visible classes (the margin, not the cross-entropy of a class that may be hidden).
+        White-box attacks read the model's logits and gradients, which an output setting does not shape: they run
+        only where the answer is ``logits``. Decision-based attacks need labels, which every setting gives."""
+        if self.access == "scores":
+            if not output.scores:
+                return f"{self.name} is score-based and output setting {output} answers labels only"
+            if output.partial and getattr(self.config, "loss", "margin") == "ce":
+                return (f"{self.name} with loss='ce' needs the true class's probability, which output setting "
+                        f"{output} hides once the class leaves the visible ones; use loss='margin'")
+        if self.access == "gradients" and output.kind != "logits":
+            return (f"{self.name} is a white-box attack (it reads logits and gradients); output setting {output} "
+                    "applies to black-box answers only: use output 'logits'")
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
@@ -261,6 +283,9 @@ class Attack(ABC):
         check_images_labels(x, y)
         if self.access == "scores" and bb.access != "scores":
             raise ValueError(f"{self.name} is score-based but the black box answers labels only")
+        problem = self.output_problem(bb.output)
+        if problem:
+            raise ValueError(problem)
         if self.access == "gradients" and not bb.supports_gradients:
             raise GradientsUnavailable(
                 f"{self.name} is a white-box attack and needs gradients, but {type(bb).__name__} answers "

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from rfd.blackbox.outputs import OutputSpec, parse_output
 from rfd.blackbox.threat import ThreatModel
 
 __all__ = ["Access", "BlackBox", "BudgetExceeded", "CheckMode", "GradientsUnavailable", "votes_needed"]
@@ -46,7 +47,10 @@ class BlackBox(ABC):
     :meth:`logits_with_grad`, which add to the per-sample counts.
 
     Args:
-        access: ``"scores"`` (logits or probabilities) or ``"labels"`` (hard labels only).
+        access: ``"scores"`` (logits or probabilities) or ``"labels"`` (hard labels only): what the attack asks.
+        output: what the model answers (:mod:`rfd.blackbox.outputs`): ``"logits"``, ``"probs"``, ``"topk:K"``,
+            ``"top1"``, ``"rounded:D"`` or ``"labels"``; score answers are shaped by it (hidden classes NaN),
+            labels are always the model's predicted class. Queries are charged the same in every setting.
         budget: per-sample query budget, or None for unlimited.
         verify: forwards per success check; majority decides (paper: 9; 1 = the "lucky" mode of Table 15; a
             large k such as 100 is the "strict check": the same test as the strict re-reading, used as stop rule).
@@ -61,8 +65,8 @@ class BlackBox(ABC):
     batch and ``idx`` arguments are int64 (B,) tensors of such row numbers.
     """
 
-    def __init__(self, *, access: Access = "scores", budget: int | None = None, verify: int = 9,
-                 check: CheckMode = "free", reevaluate: int = 100) -> None:
+    def __init__(self, *, access: Access = "scores", output: str | OutputSpec = "logits", budget: int | None = None,
+                 verify: int = 9, check: CheckMode = "free", reevaluate: int = 100) -> None:
         if access not in ("scores", "labels"):
             raise ValueError(f"access must be 'scores' or 'labels', got {access!r}")
         if budget is not None and budget < 1:
@@ -79,8 +83,7 @@ class BlackBox(ABC):
         self.verify = verify
         self.check: CheckMode = check
         self.reevaluate = reevaluate
-        # what score answers are: "logits" or "probs" (softmax); subclasses that can answer probabilities set it
-        self.output: str = "logits"
+        self.output: OutputSpec = parse_output(output)
         self._queries = torch.zeros(0, dtype=torch.int64)
         self._checks = torch.zeros(0, dtype=torch.int64)
         self._check_forwards = torch.zeros(0, dtype=torch.int64)
@@ -107,7 +110,8 @@ class BlackBox(ABC):
 
     @abstractmethod
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward of images (B, C, H, W) in [0, 1]: scores (B, K), fresh randomness per call."""
+        """One forward of images (B, C, H, W) in [0, 1]: scores (B, K) as :attr:`output` shows them (hidden
+        classes NaN), fresh randomness per call."""
 
     def _forward_labels(self, x: torch.Tensor) -> torch.Tensor:
         """One forward returning labels (B,); override when the backend only gives labels."""
@@ -166,18 +170,27 @@ class BlackBox(ABC):
 
     # -- queries ------------------------------------------------------------------------------------
     def scores(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
-        """Scores (B, K) of images ``x`` (B, C, H, W) for samples ``idx`` (B,); each row costs ``repeats``.
+        """Scores (B, K) of images ``x`` (B, C, H, W) for samples ``idx`` (B,) as :attr:`output` shows them;
+        each row costs ``repeats``.
 
-        With ``repeats = M > 1`` (EOT) the answer is the mean of M forwards, and M queries are charged."""
+        With ``repeats = M > 1`` (EOT) the answer is the mean of M forwards, and M queries are charged; under a
+        partial output (topk, top1) each class is averaged over the forwards that showed it (NaN if none did)."""
         if self.access != "scores":
             raise PermissionError("this black box answers labels only; score-based attacks cannot use it")
+        if not self.output.scores:
+            raise PermissionError(f"output setting {self.output} answers labels only; score-based attacks cannot "
+                                  "use it")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         self._charge(idx, x, repeats)
+        if repeats == 1:
+            return self._forward(x)
+        if self.output.partial:
+            return torch.stack([self._forward(x) for _ in range(repeats)]).nanmean(0)
         out = self._forward(x)
         for _ in range(repeats - 1):
             out = out + self._forward(x)
-        return out / repeats if repeats > 1 else out
+        return out / repeats
 
     def labels(self, x: torch.Tensor, idx: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
         """Labels (B,) of images ``x`` for samples ``idx``; each row costs ``repeats`` (majority of them)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rfd.blackbox.base import Access, BlackBox, CheckMode, GradientsUnavailable
+from rfd.blackbox.outputs import OutputSpec, parse_output
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -58,8 +59,10 @@ class RemoteBlackBox(BlackBox):
         url: server base URL, e.g. ``http://127.0.0.1:8000``.
         api_key: the key charged for the attack's queries.
         access: ``"scores"`` or ``"labels"``; scores need a server that answers scores or probabilities.
-        output: ``"logits"`` or ``"probs"`` wanted from a scores server, or None for what the server gives
-            (a logits server's answer is turned into probabilities here on request; the reverse is refused).
+        output: the output setting wanted (:mod:`rfd.blackbox.outputs`), or None for the server's own. A server
+            answering logits or probabilities can be read in any coarser setting (computed here from its full
+            answer: probs, topk:K, top1, rounded:D, labels; probabilities cannot give logits back); a server with
+            a coarser setting is read only in that setting.
         budget, verify, check, reevaluate: as in :class:`~rfd.blackbox.base.BlackBox`.
         timeout: seconds to wait for each HTTP answer.
         verify_api_key: optional second key for the uncounted success checks (see the module docstring).
@@ -78,7 +81,7 @@ class RemoteBlackBox(BlackBox):
         api_key: str,
         *,
         access: Access = "scores",
-        output: Literal["logits", "probs"] | None = None,
+        output: str | OutputSpec | None = None,
         budget: int | None = None,
         verify: int = 9,
         check: CheckMode = "free",
@@ -91,9 +94,8 @@ class RemoteBlackBox(BlackBox):
     ) -> None:
         import httpx
 
-        super().__init__(access=access, budget=budget, verify=verify, check=check, reevaluate=reevaluate)
-        if output not in (None, "logits", "probs"):
-            raise ValueError(f"output must be 'logits', 'probs' or None, got {output!r}")
+        super().__init__(access=access, output=output or "logits", budget=budget, verify=verify, check=check,
+                         reevaluate=reevaluate)
         if not api_key:
             raise ValueError("api_key is empty")
         if timeout <= 0 or rate_limit_wait < 0:
@@ -112,16 +114,22 @@ class RemoteBlackBox(BlackBox):
         except Exception:
             self._http.close()
             raise
-        self.server_output: str = self.info["output"]
+        try:
+            self.server_output: OutputSpec = parse_output(self.info["output"])
+        except ValueError as e:
+            self.close()
+            raise RemoteError(f"the server at {self.url} names an output setting rfd does not know ({e})") from None
         self.input_shape = tuple(int(s) for s in self.info["input_shape"])
         self._num_classes = int(self.info["num_classes"])
-        if access == "scores" and self.server_output == "label":
+        if output is None:
+            self.output = self.server_output
+        elif not _derivable(self.server_output, self.output):
+            self.close()
+            raise ValueError(f"the server at {self.url} answers {self.server_output}; output {self.output} cannot "
+                             "be computed from that (a logits or probs server can be read in any coarser setting)")
+        if access == "scores" and not self.output.scores:
             self.close()
             raise ValueError(f"the server at {self.url} answers labels only; use access='labels'")
-        if output == "logits" and self.server_output == "probs":
-            self.close()
-            raise ValueError(f"the server at {self.url} answers probabilities; logits are not available")
-        self.output = output or ("probs" if self.server_output == "probs" else "logits")
         self.max_batch = self._chunk_size(usage, max_batch)
 
     # -- HTTP ---------------------------------------------------------------------------------------------
@@ -216,18 +224,25 @@ class RemoteBlackBox(BlackBox):
                 raise RemoteError(f"server answered {answer.get('n')} images for {chunk.shape[0]} sent")
             self.sent[role] += chunk.shape[0]
             labels.append(torch.tensor(answer["labels"], dtype=torch.int64))
-            if answer.get("scores") is not None:
-                scores.append(torch.tensor(answer["scores"], dtype=torch.float32))
+            if self.server_output.scores:
+                try:
+                    scores.append(self.server_output.from_json(answer, self._num_classes))
+                except (ValueError, RuntimeError) as e:
+                    raise RemoteError(f"server answer does not match its output setting {self.server_output}: "
+                                      f"{e}") from None
         out = {"labels": torch.cat(labels)}
         if scores:
             out["scores"] = torch.cat(scores)
         return out
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.server_output == "label":
+        if not self.server_output.scores:
             raise PermissionError(f"the server at {self.url} answers labels only")
         s = self._predict(x)["scores"]
-        return s.softmax(1) if self.output == "probs" and self.server_output == "scores" else s
+        if self.output == self.server_output:
+            return s
+        # a coarser setting from the server's full answer: log-probabilities are logits of the same softmax
+        return self.output.answer(s.clamp_min(1e-30).log() if self.server_output.probabilities else s)
 
     def _forward_labels(self, x: torch.Tensor) -> torch.Tensor:
         return self._predict(x)["labels"]
@@ -257,3 +272,12 @@ class RemoteBlackBox(BlackBox):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _derivable(server: OutputSpec, wanted: OutputSpec) -> bool:
+    """Whether ``wanted`` can be computed from the answers of a server in setting ``server``."""
+    if wanted == server or wanted.kind == "labels":
+        return True
+    if server.kind == "logits":
+        return True
+    return server.kind == "probs" and wanted.kind != "logits"

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfd.cli.common import CLIError, add_common, emit, parse_key_values, resolve_device
+from rfd.cli.common import CLIError, add_common, add_output_arg, emit, parse_key_values, resolve_device
 from rfd.cli.data_args import add_data_args, data_spec_from_args
 from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fresh uncounted forwards that classify each final image again (strict and expected "
                    "readings; default 100)")
     p.add_argument("--eot", type=int, default=1, help="forwards averaged per loss evaluation; each one is a query")
+    add_output_arg(p, what="what the attacker sees of each answer", default=None,
+                   default_text="logits; with --remote, the server's setting")
     p.add_argument("--attack-arg", action="append", default=None, metavar="KEY=VALUE",
                    help="an attack setting of its config, repeatable, e.g. --attack-arg p_init=0.1 (VALUE as JSON)")
     p.add_argument("--output-images", default=None, metavar="PATH",
@@ -96,14 +98,14 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
             raise CLIError("--remote needs --api-key")
         if args.defense != "none":
             raise CLIError("--defense applies to a local model; with --remote the defense lives in the server")
-        bb = RemoteBlackBox(args.remote, args.api_key, access=access, budget=budget,  # type: ignore[arg-type]
-                            verify=args.verify, verify_api_key=args.verify_api_key, check=args.check,
+        bb = RemoteBlackBox(args.remote, args.api_key, access=access, output=args.output,  # type: ignore[arg-type]
+                            budget=budget, verify=args.verify, verify_api_key=args.verify_api_key, check=args.check,
                             reevaluate=args.reevaluate)
         if bb.info["model"] != args.model:
             log.warning("--model is %s but the server at %s serves %s", args.model, args.remote, bb.info["model"])
         return bb
-    return LocalBlackBox(model, access=access, budget=budget,  # type: ignore[arg-type]
-                         verify=args.verify, check=args.check, reevaluate=args.reevaluate)
+    return LocalBlackBox(model, access=access, output=args.output or "logits",  # type: ignore[arg-type]
+                         budget=budget, verify=args.verify, check=args.check, reevaluate=args.reevaluate)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,24 @@ def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True, device: bo
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
 
 
+def add_output_arg(p: argparse.ArgumentParser, *, what: str, default: str | None = "logits",
+                   default_text: str | None = None) -> None:
+    """``--output SETTING``: an output setting of :mod:`rfd.blackbox.outputs`, parsed (bad text: a usage error
+    naming the allowed forms)."""
+    from rfd.blackbox.outputs import parse_output
+
+    def parse(text: str) -> object:
+        try:
+            return parse_output(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument("--output", type=parse, default=None if default is None else parse_output(default),
+                   metavar="SETTING", help=f"{what}: logits, probs, topk:K (the K best classes with their "
+                   "probabilities), top1, rounded:D (probabilities to D decimals) or labels (default "
+                   f"{default_text or default})")
+
+
 def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)

@@ -6,14 +6,12 @@ import argparse
 import logging
 from typing import Any
 
-from rfd.cli.common import CLIError, add_common, resolve_device
+from rfd.cli.common import CLIError, add_common, add_output_arg, resolve_device
 from rfd.cli.data_args import add_data_args, data_spec_from_args
 from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS = ("scores", "probs", "label")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_data_args(p)
     add_defense_args(p)
-    p.add_argument("--output", choices=OUTPUTS, default="scores",
-                   help="what clients get: scores (logits), probs (softmax) or label (the class only); default scores")
+    add_output_arg(p, what="what clients get")
     p.add_argument("--keys", required=True,
                    help="YAML/JSON file: keys: {SECRET: {name, budget, per_second, per_minute}}")
     p.add_argument("--db", required=True, help="SQLite query log (created if absent; budgets are counted from it)")

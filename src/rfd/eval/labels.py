@@ -32,6 +32,7 @@ def run_label(r: pd.Series, *, with_id: bool = True) -> str:
     params = json.loads(r.params) if r.params else {}
     extra = "".join(f" {k}={v}" for k, v in sorted(params.items()))
     extra += (f" M={r.eot}" if r.eot > 1 else "") + (f" {r.norm}" if r.norm != "linf" else "")
+    extra += f" {r.output}" if getattr(r, "output", "logits") != "logits" else ""
     head = f"#{r.run_id} " if with_id else ""
     return (f"{head}{r.model} {r.method}{where}{scaled}{' ' + level if level else ''} {r.attack}{extra} "
             f"k={r.verify}")
@@ -69,7 +70,7 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     attack = runs.attack.copy()
     for _, g in runs.groupby("attack"):
         parts = []
-        for col, fmt in (("norm", "{}"), ("eps", "eps={:g}"), ("eot", "M={}"), ("verify", "k={}")):
+        for col, fmt in (("norm", "{}"), ("eps", "eps={:g}"), ("eot", "M={}"), ("verify", "k={}"), ("output", "{}")):
             if g[col].nunique() > 1:
                 parts.append(g[col].map(fmt.format))
         if g.params.nunique() > 1:

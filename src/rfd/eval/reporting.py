@@ -45,7 +45,7 @@ def paired_comparisons(res: Results, readings: Sequence[str] = ("paper", "strict
     """Feature minus input noise for every (model, attack, check, noise level) that has both, under each reading
     whose values are known, at the runs' full budget."""
     runs = res.runs[res.runs.family.isin(["feature", "input"])]
-    keys = ["model", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "params",
+    keys = ["model", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "output", "params",
             "target_drop", "sigma_fixed"]
     out = []
     for _, g in runs.groupby(keys, dropna=False, sort=False):

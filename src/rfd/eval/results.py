@@ -62,7 +62,7 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),
             "attack": labels.get("attack") or a["name"], "attack_name": a["name"], "norm": a["norm"],
             "eps": a["eps"], "eot": a["eot"], "budget": a["budget"], "verify": a["verify"],
-            "check": a.get("check", "free"), "reevaluate": a.get("reevaluate"),
+            "check": a.get("check", "free"), "reevaluate": a.get("reevaluate"), "output": a.get("output", "logits"),
             "seeding": ident.get("seeding", LEGACY_SEEDING),
             "calibration_converged": (cfg.get("calibration") or {}).get("converged"),
             "params": json.dumps(a.get("params") or {}, sort_keys=True),
@@ -70,7 +70,8 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "rfd_version": r["rfd_version"],
         })
     cols = ["run_id", "key", "model", "family", "method", "layers", "scaled", "target_drop", "sigma_fixed", "sigma",
-            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate", "seeding", "calibration_converged",
+            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate",
+            "output", "seeding", "calibration_converged",
             "params", "n_expected", "seed", "study", "rfd_version"]
     runs_df = pd.DataFrame(recs, columns=cols)
     if len(runs_df):

@@ -20,11 +20,15 @@ Example (YAML)::
       - {name: square, norm: linf, eps: 0.05}
       - {name: square, verify: 100}          # the "strict check": 100 votes decide a claim (its stop rule)
       - {name: square, check: charged}       # the check's votes are paid from the budget
+      - {name: nes, output: [probs, topk:3, rounded:2]}  # what the attacker sees (rfd.blackbox.outputs)
       - rays
     reevaluate: 100             # fresh forwards re-classifying every final image (strict/expected readings)
+    output: logits              # the default output setting of every attack entry
 
 Every defense of a study meets the same attack draws on the same images (the attack's seed depends on the
-attack and the chunk, not on the defense or the check): comparisons between defenses are paired.
+attack and the chunk, not on the defense, the check or the output setting): comparisons between defenses, and
+between output settings, are paired. An attack that cannot run on an output setting (a score attack on
+``labels``, the cross-entropy on ``topk``) fails when the study is read, naming the setting.
 """
 
 from __future__ import annotations
@@ -152,12 +156,12 @@ def _check_json_value(v: Any, where: str) -> None:
 
 
 _TOP_KEYS = ("name", "description", "models", "defenses", "attacks", "n", "seed", "budget", "checkpoints",
-             "verify", "check", "reevaluate", "eot", "chunk_size", "data", "calibration")
+             "verify", "check", "reevaluate", "eot", "output", "chunk_size", "data", "calibration")
 _MODEL_KEYS = ("name", "checkpoint", "factory", "label", "options")
 _DATA_KEYS = ("dataset", "eval_split", "calib_split", "path", "calib_images", "options")
 _DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "aaa")
-_ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "check", "reevaluate", "params", "sweep",
-                "label")
+_ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "check", "reevaluate", "output", "params",
+                "sweep", "label")
 
 
 def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
@@ -173,7 +177,8 @@ def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
     eot = top.get_int("eot", 1, minimum=1)
     check = top.get_str("check", "free", choices=CHECK_MODES)
     reevaluate = top.get_int("reevaluate", 100, minimum=1)
-    assert budget is not None and verify is not None and eot is not None
+    output = top.get_str("output", "logits")
+    assert budget is not None and verify is not None and eot is not None and output is not None
     assert check is not None and reevaluate is not None
 
     models_raw = top.get_list("models")
@@ -198,7 +203,7 @@ def parse_study(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
     attacks: list[AttackSpec] = []
     for i, a in enumerate(attacks_raw):
         attacks.extend(_parse_attack(a, f"{top._at('attacks')}[{i}]", budget=budget, verify=verify, eot=eot,
-                                     check=check, reevaluate=reevaluate, dataset=data.dataset))
+                                     check=check, reevaluate=reevaluate, output=output, dataset=data.dataset))
     if len(set(attacks)) != len(attacks):
         raise StudyError(f"{top._at('attacks')}: the same attack setting is listed twice")
 
@@ -304,7 +309,7 @@ def _layer_name(v: Any, where: str) -> str:
 
 
 def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, check: str = "free",
-                  reevaluate: int = 100, dataset: str = "bundled") -> list[AttackSpec]:
+                  reevaluate: int = 100, output: str = "logits", dataset: str = "bundled") -> list[AttackSpec]:
     if isinstance(raw, str):
         raw = {"name": raw}
     e = _Entry(raw, where, _ATTACK_KEYS)
@@ -331,6 +336,7 @@ def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, c
     for c in checks:
         if c not in CHECK_MODES:
             raise StudyError(f"{where}.check: {c!r} is not allowed (allowed: {', '.join(CHECK_MODES)})")
+    outputs = [str(v) for v in e.get_list("output") or [output]]
     reeval = e.get_int("reevaluate", reevaluate, minimum=1)
     assert reeval is not None
     params = e.get_mapping("params")
@@ -354,8 +360,9 @@ def _parse_attack(raw: Any, where: str, *, budget: int, verify: int, eot: int, c
     try:
         return [
             AttackSpec(name=name, norm=norm, eps=eps, budget=b, eot=m, verify=k, check=ch, reevaluate=reeval,
-                       params=freeze({**params, **combo}), label=label)
-            for eps in eps_list for b in budgets for m in eots for k in verifies for ch in checks for combo in combos
+                       params=freeze({**params, **combo}), label=label, output=out)
+            for eps in eps_list for b in budgets for m in eots for k in verifies for ch in checks for out in outputs
+            for combo in combos
         ]
     except StudyError as exc:
         raise StudyError(f"{where}: {exc}") from None

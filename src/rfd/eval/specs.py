@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from rfd.attacks.registry import get_attack_class
+from rfd.blackbox.outputs import parse_output
 from rfd.data.source import DataSpec
 from rfd.defenses.spec import DefenseSpec
 from rfd.jsonable import Frozen, thaw
@@ -73,6 +74,7 @@ class AttackSpec:
     reevaluate: int = 100  # R: fresh uncounted forwards classifying each final image (strict/expected readings)
     params: Frozen = ()  # attack-specific config fields (e.g. p_init)
     label: str | None = None
+    output: str = "logits"  # what the attacker sees (rfd.blackbox.outputs): logits, probs, topk:K, top1, rounded:D, labels
 
     def __post_init__(self) -> None:
         cls = get_attack_class(self.name)
@@ -87,15 +89,28 @@ class AttackSpec:
         if self.reevaluate < 1 or self.verify < 1:
             raise StudyError(f"attack {self.name!r}: verify and reevaluate must be >= 1 forwards, got "
                              f"{self.verify}, {self.reevaluate}")
+        try:
+            out = parse_output(self.output)
+        except ValueError as exc:
+            raise StudyError(f"attack {self.name!r}: {exc}") from None
+        object.__setattr__(self, "output", str(out))  # canonical text: "TopK:5" and "topk:5" are one setting
+        if out.kind != "logits":
+            attack = cls(norm=self.norm, eps=self.eps, budget=self.budget, eot=self.eot, **thaw(self.params))
+            problem = attack.output_problem(out)
+            if problem:
+                raise StudyError(problem)
 
     @property
     def display(self) -> str:
         return self.label or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "norm": self.norm, "eps": self.eps, "budget": self.budget, "eot": self.eot,
-                "verify": self.verify, "check": self.check, "reevaluate": self.reevaluate,
-                "params": thaw(self.params), "label": self.label}
+        d = {"name": self.name, "norm": self.norm, "eps": self.eps, "budget": self.budget, "eot": self.eot,
+             "verify": self.verify, "check": self.check, "reevaluate": self.reevaluate,
+             "params": thaw(self.params), "label": self.label}
+        if self.output != "logits":  # absent = logits: the run keys of stores written before output settings hold
+            d["output"] = self.output
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,7 +71,8 @@ class ChunkTask:
 
 
 # The check settings change what counts as a success, not the attack's random draws.
-_CHECK_FIELDS = ("verify", "check", "reevaluate", "label")
+# Settings of the black box, not of the attack: runs that differ only in them share the attack's draws (paired).
+_CHECK_FIELDS = ("verify", "check", "reevaluate", "label", "output")
 
 
 def attack_seed_key(setting: AttackSpec) -> str:
@@ -197,8 +198,8 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
         manual_seed(task.noise_seed)
     attack = make_cell_attack(cell.attack, seed)
     a = cell.attack
-    bb = LocalBlackBox(defended, access=attack.blackbox_access(), budget=a.budget, verify=a.verify,
-                       check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
+    bb = LocalBlackBox(defended, access=attack.blackbox_access(), output=a.output, budget=a.budget,
+                       verify=a.verify, check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     res = attack.run(bb, x, y, progress=progress)
     elapsed = time.perf_counter() - t0

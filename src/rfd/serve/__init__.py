@@ -20,11 +20,10 @@ from rfd.serve.errors import ServeError
 from rfd.serve.keys import ApiKey, KeyRing, key_digest, load_keys
 from rfd.serve.querylog import QueryLog, QueryRecord
 from rfd.serve.runner import BackgroundServer, run_server
-from rfd.serve.service import OUTPUTS, ModelInfo, PredictionService, ServeConfig
+from rfd.serve.service import ModelInfo, PredictionService, ServeConfig
 
 __all__ = [
     "API_KEY_HEADER",
-    "OUTPUTS",
     "ApiKey",
     "BackgroundServer",
     "KeyRing",

@@ -115,7 +115,8 @@ def create_app(
               openapi_extra={"requestBody": {"required": True,
                                              "content": {"application/json": {"schema": body_schema}}}})
     async def predict(request: Request, api_key: str | None = Security(_api_key)) -> JSONResponse:
-        """Answer a batch of images: scores (or probabilities, or labels only) per image."""
+        """Answer a batch of images in the server's output setting (logits, probs, topk:K, top1, rounded:D or
+        labels), with the predicted class of each."""
         key = service.authenticate(api_key)
         body = await request.body()
         try:

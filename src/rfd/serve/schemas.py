@@ -63,10 +63,13 @@ class Usage(BaseModel):
 class PredictResponse(BaseModel):
     """One answer per image, in request order."""
 
-    output: Literal["scores", "probs", "label"] = Field(description="scores = logits; probs = softmax")
+    output: str = Field(description="the output setting: logits, probs, topk:K, top1, rounded:D or labels")
     n: int = Field(description="number of images answered (= queries charged)")
-    scores: list[list[float]] | None = Field(None, description="(N, K); absent for label-only servers")
-    labels: list[int] = Field(description="(N,) answered class per image")
+    scores: list[list[float]] | None = Field(None, description="(N, K) logits, probabilities or rounded "
+                                             "probabilities; absent for topk, top1 and labels")
+    top: list[list[tuple[int, float]]] | None = Field(None, description="topk / top1: per image the visible "
+                                                      "[class, probability] pairs, best first; absent otherwise")
+    labels: list[int] = Field(description="(N,) the model's predicted class per image")
     usage: Usage
 
 
@@ -75,7 +78,7 @@ class InfoResponse(BaseModel):
     input_shape: list[int] = Field(description="[C, H, W] of one image")
     num_classes: int
     classes: list[str] | None
-    output: Literal["scores", "probs", "label"]
+    output: str = Field(description="the output setting: logits, probs, topk:K, top1, rounded:D or labels")
     defense: dict[str, Any] = Field(description="the defense family; its parameters only if the operator allows")
     formats: list[str]
     max_batch: int = Field(description="most images per request")

@@ -23,12 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from rfd import __version__
+from rfd.blackbox.outputs import OutputSpec, parse_output
 from rfd.serve.decode import decode_images
 from rfd.serve.errors import ServeError
 from rfd.serve.keys import ApiKey, KeyRing
@@ -36,27 +37,25 @@ from rfd.serve.querylog import QueryLog
 from rfd.serve.ratelimit import RateLimiter
 from rfd.serve.schemas import FORMATS
 
-__all__ = ["OUTPUTS", "ModelInfo", "PredictionService", "ServeConfig"]
+__all__ = ["ModelInfo", "PredictionService", "ServeConfig"]
 
 logger = logging.getLogger(__name__)
 
-Output = Literal["scores", "probs", "label"]
-OUTPUTS: tuple[str, ...] = ("scores", "probs", "label")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
     """How the server answers and what it accepts."""
 
-    output: Output = "scores"  # scores = logits, probs = softmax, label = the argmax class only
+    # what clients get (rfd.blackbox.outputs): logits, probs, topk:K, top1, rounded:D or labels; text or a spec
+    output: str | OutputSpec = "logits"
     max_batch: int = 256  # most images in one request
     max_body: int = 8 * 1024 * 1024  # bytes; larger bodies are refused before they are read in full
     body_timeout: float = 30.0  # seconds to receive a whole body; slower clients get 408
     expose_defense_params: bool = False  # /v1/info shows sigma, layers, ... (else only the defense family)
 
     def __post_init__(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        object.__setattr__(self, "output", parse_output(self.output))
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 image, got {self.max_batch}")
         if self.max_body < 1024:
@@ -165,7 +164,9 @@ class PredictionService:
     def predict(self, key: ApiKey, x: torch.Tensor) -> dict[str, Any]:
         """Answer checked images ``x`` (N, C, H, W) for ``key``: one forward, N queries charged and logged.
 
-        Returns the JSON answer: output kind, n, scores (N, K) unless label-only, labels (N,), usage."""
+        Returns the JSON answer: output setting, n, labels (N,), usage, and what the setting shows
+        (:meth:`rfd.blackbox.outputs.OutputSpec.to_json`: ``scores`` (N, K) for logits / probs / rounded, ``top``
+        pairs for topk / top1, nothing more for labels)."""
         n = x.shape[0]
         with self._lock:
             self._admit(key, n, self._clock())
@@ -175,18 +176,20 @@ class PredictionService:
                 raise RuntimeError(f"model answered shape {tuple(logits.shape)} for {n} images, expected "
                                    f"({n}, {self.info.num_classes})")
             labels = logits.argmax(1).cpu()
-            self.log.record(key.name, key.fingerprint, labels, self.config.output)
+            self.log.record(key.name, key.fingerprint, labels, str(self.config.output))
             self._limiter.add(key.name, key.limits(), n, self._clock())
             self._used[key.name] += n
             usage = self.usage(key)
-        out: dict[str, Any] = {"output": self.config.output, "n": n}
-        if self.config.output == "scores":
-            out["scores"] = logits.float().cpu().tolist()
-        elif self.config.output == "probs":
-            out["scores"] = logits.float().softmax(1).cpu().tolist()
-        out["labels"] = labels.tolist()
+        out: dict[str, Any] = {"output": str(self.config.output), "n": n}
+        out.update(self.spec.to_json(logits))
         out["usage"] = usage
         return out
+
+    @property
+    def spec(self) -> OutputSpec:
+        """The output setting (parsed by :class:`ServeConfig`)."""
+        assert isinstance(self.config.output, OutputSpec)
+        return self.config.output
 
     def describe(self) -> dict[str, Any]:
         """The /v1/info answer. The defense's parameters (e.g. sigma) only if the operator exposes them."""
@@ -194,7 +197,7 @@ class PredictionService:
         return {
             "model": self.info.name, "input_shape": list(self.info.input_shape), "num_classes": self.info.num_classes,
             "classes": list(self.info.classes) if self.info.classes is not None else None,
-            "output": self.config.output, "defense": defense, "formats": list(FORMATS),
+            "output": str(self.config.output), "defense": defense, "formats": list(FORMATS),
             "max_batch": self.config.max_batch, "max_body_bytes": self.config.max_body, "version": __version__,
         }
 
