@@ -18,8 +18,8 @@ def test_models_json_lists_the_registry(run_json) -> None:  # type: ignore[no-un
     for name, r in rows.items():
         entry = get_entry(name)
         assert r["parameters"] == sum(p.numel() for p in entry.build().parameters())
-        path = entry.checkpoint_path()
-        assert r["checkpoint_present"] == (path is not None and path.is_file())
+        paths = [get_entry(m).checkpoint_path() for m in entry.members] or [entry.checkpoint_path()]
+        assert r["checkpoint_present"] == all(p is not None and p.is_file() for p in paths)
         assert r["clean_accuracy"] is None and r["note"]
 
 

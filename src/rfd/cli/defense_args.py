@@ -14,7 +14,7 @@ __all__ = ["add_defense_args", "defend_from_args", "defense_info", "defense_spec
 
 
 def add_defense_args(parser: argparse.ArgumentParser, *, default: str = "none") -> None:
-    """Add --defense --layer --sigma --drop --scaled --noise-seed --calib-draws (in their own help group)."""
+    """Add --defense --layer --sigma --drop --scaled --gate --noise-seed --calib-draws (in their own help group)."""
     g = parser.add_argument_group("defense")
     g.add_argument("--defense", choices=list(FAMILIES), default=default,
                    help="; ".join(f"{f.name}: {f.help}" for f in FAMILIES.values()) + f" (default: {default})")
@@ -28,6 +28,10 @@ def add_defense_args(parser: argparse.ArgumentParser, *, default: str = "none") 
                         "the calibration images (see the data flags)")
     g.add_argument("--scaled", action="store_true",
                    help="feature noise in units of each feature's clean std (measured on the calibration images)")
+    g.add_argument("--gate", type=float, default=None, metavar="P",
+                   help="noise only on queries whose clean top probability is below P (confident ones answered "
+                        "clean): --defense logits --sigma 0.1 --gate 0.3 is Aithal & Li's boundary defense, input "
+                        "or feature noise with --gate 0.99 the confidence-gated defense of Zimmer et al.")
     g.add_argument("--noise-seed", type=int, default=0, help="seed of the defense's noise generator (default 0)")
     g.add_argument("--calib-draws", type=int, default=10,
                    help="noise draws per sigma while calibrating --drop (default 10)")
@@ -36,7 +40,7 @@ def add_defense_args(parser: argparse.ArgumentParser, *, default: str = "none") 
 def defense_spec_from_args(args: argparse.Namespace) -> DefenseSpec:
     """The spec the flags describe; a bad combination fails with the spec's own message (ValueError)."""
     return DefenseSpec(family=args.defense, sigma=args.sigma, drop=args.drop, layers=tuple(args.layer or ()),
-                       scaled=bool(args.scaled))
+                       scaled=bool(args.scaled), gate=args.gate)
 
 
 def defense_info(defended: DefendedModel, calibration: CalibrationResult | None = None,

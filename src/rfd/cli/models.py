@@ -30,6 +30,8 @@ def _describe(name: str, eval_set: Any, device: Any) -> dict[str, Any]:
     params = sum(p.numel() for p in entry.build().parameters())
     path = entry.checkpoint_path()
     present = path is not None and path.is_file()
+    if entry.members:  # a model set: present when every member's weights are
+        present = all((p := get_entry(m).checkpoint_path()) is not None and p.is_file() for m in entry.members)
     row: dict[str, Any] = {"name": name, "dataset": entry.dataset, "description": entry.description,
                            "parameters": params, "checkpoint": str(path) if path else None,
                            "checkpoint_present": present, "clean_accuracy": None, "note": None}

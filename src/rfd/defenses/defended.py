@@ -158,6 +158,9 @@ class DefendedModel(nn.Module):
             self.seed = int(seed)
         self._generators.clear()
         self._rt.device = self._rt.generator = None
+        inner = getattr(self.model, "manual_seed", None)  # a randomized base model (a model set) restarts too
+        if callable(inner):
+            inner(self.seed)
         return self
 
     def set_sigma(self, sigma: float) -> DefendedModel:
@@ -227,7 +230,21 @@ class DefendedModel(nn.Module):
         self._check_input(x)
         if self.spec.is_identity:
             return self.model(x)
+        if self.spec.gate is not None:
+            return self._gated(x)
         return self.spec.info.forward(self, x)
+
+    def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        # Noise only where the undefended model is unsure (top probability below the gate): confident queries get
+        # the clean logits; the noisy forward (and its draws) covers the gated rows only.
+        clean = self.model(x)
+        assert self.spec.gate is not None
+        low = clean.detach().float().softmax(1).amax(1) < self.spec.gate
+        if not bool(low.any()):
+            return clean
+        out = clean.clone()
+        out[low] = self.spec.info.forward(self, x[low]).to(out.dtype)
+        return out
 
     @contextmanager
     def hooks_active(self) -> Iterator[None]:

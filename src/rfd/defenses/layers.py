@@ -68,6 +68,10 @@ def resolve_layers(model: nn.Module, names: tuple[str, ...]) -> list[LayerTarget
     targets: list[LayerTarget] = []
     for name in names:
         if name == PENULTIMATE:
+            heads = getattr(model, "heads", None)  # a model set: every member's classifier input
+            if isinstance(heads, tuple) and heads:
+                targets.extend(LayerTarget(h, h, modules[h], pre=True) for h in heads)
+                continue
             mname = classifier_name(model)
             targets.append(LayerTarget(name, mname, modules[mname], pre=True))
             continue

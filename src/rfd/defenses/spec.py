@@ -10,6 +10,8 @@ Example::
     DefenseSpec(family="feature", drop=0.02)            # calibrate to a 2-point clean-accuracy drop
     DefenseSpec(family="input", sigma=0.05)              # a fixed noise level, pixels of the [0, 1] image
     DefenseSpec(family="feature", layers=("net.layer2",), sigma=0.3, scaled=True)
+    DefenseSpec(family="logits", sigma=0.1, gate=0.3)   # Aithal & Li's boundary defense
+    DefenseSpec(family="feature", drop=0.02, gate=0.99)  # confidence-gated noise (Zimmer et al. 2024)
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import Any
 from rfd.defenses.aaa import AAAConfig
 from rfd.defenses.families import FAMILIES, PENULTIMATE, Family, family
 
-__all__ = ["DefenseSpec", "aaa_config"]
+__all__ = ["DefenseSpec", "aaa_config", "method_label"]
 
 _DICT_KEYS = ("family", "layers", "drop", "sigma", "scaled", "params")
-_PARAM_KEYS = ("aaa",)  # family-specific settings, kept under "params" in the dict form
+_PARAM_KEYS = ("aaa", "gate")  # settings beyond family and level, kept under "params" in the dict form
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,11 @@ class DefenseSpec:
             noise of the same sigma; ``"penultimate"`` (the default) is the input of the final classifier layer.
         scaled: feature noise ``N(0, sigma^2 s^2)`` with ``s`` the per-feature std on clean calibration images.
         aaa: AAA settings (family ``"aaa"`` only).
+        gate: noise families only: noise only on queries whose clean top probability (softmax of the undefended
+            model) is below ``gate`` in (0, 1]; confident queries get the clean answer. Logits noise with gate 0.3
+            and sigma 0.1 is the boundary defense of Aithal & Li (2022); input or feature noise with a gate near 1
+            (0.97-0.99) is the confidence-gated defense of Zimmer et al. (2024). Each query then costs one clean
+            forward more, and the noisy forward runs on the gated rows only.
     """
 
     family: str = "none"
@@ -52,6 +59,7 @@ class DefenseSpec:
     layers: tuple[str, ...] = ()
     scaled: bool = False
     aaa: AAAConfig = field(default_factory=AAAConfig)
+    gate: float | None = None
 
     def __post_init__(self) -> None:
         fam = family(self.family)
@@ -89,6 +97,12 @@ class DefenseSpec:
             raise ValueError(f"aaa must be an AAAConfig, got {type(self.aaa).__name__}")
         if self.aaa != AAAConfig() and fam.name != "aaa":
             raise ValueError(f"aaa settings apply to the aaa defense only, not {fam.name!r}")
+        if self.gate is not None:
+            if not fam.noise:
+                raise ValueError(f"gate applies to the noise defenses ({', '.join(_noise_names())}), not {fam.name!r}")
+            if isinstance(self.gate, bool) or not isinstance(self.gate, (int, float)) or not 0 < self.gate <= 1:
+                raise ValueError(f"gate is a top-probability threshold in (0, 1] (noise below it), got {self.gate!r}")
+            object.__setattr__(self, "gate", float(self.gate))
 
     # ------------------------------------------------------------------------------------------- questions
     @property
@@ -98,8 +112,8 @@ class DefenseSpec:
 
     @property
     def method(self) -> str:
-        """Table label: Base, Input, Feature, Logits, AAA."""
-        return self.info.label
+        """Table label: Base, Input, Feature, Logits, AAA; a gated noise defense adds ``p<gate``."""
+        return method_label(self.family, self.gate)
 
     @property
     def is_noise(self) -> bool:
@@ -129,6 +143,8 @@ class DefenseSpec:
         aaa = {k: v for k, v in dataclasses.asdict(self.aaa).items() if v != getattr(AAAConfig(), k)}
         if aaa:
             params["aaa"] = aaa
+        if self.gate is not None:
+            params["gate"] = self.gate
         return {"family": self.family, "layers": list(self.layers), "drop": self.drop, "sigma": self.sigma,
                 "scaled": self.scaled, "params": params}
 
@@ -157,7 +173,15 @@ class DefenseSpec:
             raise ValueError(f"unknown defense params {bad}; allowed: {', '.join(_PARAM_KEYS)}")
         if "aaa" in params:
             kw["aaa"] = aaa_config(params["aaa"])
+        if "gate" in params:
+            kw["gate"] = params["gate"]
         return cls(**kw)
+
+
+def method_label(family_name: str, gate: float | None = None) -> str:
+    """The table label of a defense: its family's label, with ``p<GATE`` for a confidence-gated one."""
+    label = family(family_name).label
+    return label if gate is None else f"{label} p<{gate:g}"
 
 
 def aaa_config(raw: Any) -> AAAConfig:

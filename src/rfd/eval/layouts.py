@@ -256,8 +256,8 @@ def _lucky(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, 
 
 
 def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
-    t = runs[["run_id", "model", "method_label", "level", "sigma", "attack", "norm", "eps", "eot", "budget",
-              "verify", "check", "n", "n_expected", "clean_acc", "clean_acc_expected"]].copy()
+    t = runs[["run_id", "model", "method_label", "level", "sigma", "attack_label", "norm", "eps", "eot", "budget",
+              "verify", "check", "output", "n", "n_expected", "clean_acc", "clean_acc_expected"]].copy()
     t["clean_acc"] = t.clean_acc * 100
     t["clean_acc_expected"] = t.clean_acc_expected * 100
     t["sigma"] = t.sigma.map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4g}")
@@ -271,7 +271,8 @@ def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, r
         for r in runs.run_id]
     t["lucky"] = [int((g.success & ~(g.p_wrong > 0.5)).sum()) if (g := by_run.get(r)) is not None
                   and not g.p_wrong[g.success].isna().any() else None for r in runs.run_id]
-    t = t.rename(columns={"method_label": "method", "clean_acc": "Acc", "clean_acc_expected": "E[Acc]"})
+    t = t.rename(columns={"method_label": "method", "attack_label": "attack", "clean_acc": "Acc",
+                          "clean_acc_expected": "E[Acc]"})
     t = t.set_index("run_id")
     return Table("runs", "All runs (robust accuracy in %, median queries of successful attacks; lucky = broken by "
                  "the check but misclassified in at most half of the re-evaluation forwards)", t, _notes(runs))

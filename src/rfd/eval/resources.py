@@ -43,10 +43,23 @@ def _weights_path(spec: ModelSpec) -> Path | None:
     return None
 
 
+def _set_members(spec: ModelSpec) -> tuple[str, ...]:
+    if spec.checkpoint is None and spec.factory is None and not spec.name.startswith("timm:"):
+        from rfd.models.registry import get_entry
+
+        return get_entry(spec.name).members
+    return ()
+
+
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
     """What identifies a model's outputs: its name/factory, options and the sha256 of its weights file.
 
     Raises FileNotFoundError when the weights file is missing (registry models: the shipped checkpoint)."""
+    members = _set_members(spec)
+    if members:  # a model set: its members' weights identify it
+        digests = [model_identity(ModelSpec(name=m))["weights_sha256"] for m in members]
+        return {"name": spec.name, "factory": spec.factory, "options": thaw(spec.options),
+                "weights_sha256": ",".join(digests)}
     path = _weights_path(spec)
     weights = None
     if path is not None:

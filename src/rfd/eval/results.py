@@ -13,6 +13,7 @@ import pandas as pd
 
 from rfd.attacks.readings import robust_estimate, robust_values
 from rfd.defenses.families import FAMILIES
+from rfd.defenses.spec import method_label
 from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
 from rfd.stats import Estimate
 
@@ -56,7 +57,9 @@ def load_results(db: str | os.PathLike[str]) -> Results:
         recs.append({
             "run_id": r["run_id"], "key": r["key"],
             "model": labels.get("model") or ident["model"]["name"],
-            "family": d["family"], "method": FAMILIES[d["family"]].label if d["family"] in FAMILIES else d["family"],
+            "family": d["family"],
+            "method": (method_label(d["family"], (d.get("params") or {}).get("gate")) if d["family"] in FAMILIES
+                       else d["family"]),
             "layers": layers if d["family"] == "feature" else ("input" if d["family"] == "input" else ""),
             "scaled": bool(d.get("scaled")), "target_drop": d.get("drop"), "sigma_fixed": d.get("sigma"),
             "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),

@@ -159,7 +159,7 @@ _TOP_KEYS = ("name", "description", "models", "defenses", "attacks", "n", "seed"
              "verify", "check", "reevaluate", "eot", "output", "chunk_size", "data", "calibration")
 _MODEL_KEYS = ("name", "checkpoint", "factory", "label", "options")
 _DATA_KEYS = ("dataset", "eval_split", "calib_split", "path", "calib_images", "options")
-_DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "aaa")
+_DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "aaa", "gate")
 _ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "check", "reevaluate", "output", "params",
                 "sweep", "label")
 
@@ -293,9 +293,10 @@ def _parse_defense(raw: Any, where: str) -> list[DefenseSpec]:
     sigmas = [_as_float(v, f"{where}.sigmas") for v in e.get_list("sigmas") or e.get_list("sigma") or []]
     levels: list[tuple[float | None, float | None]] = [(d, None) for d in drops] + [(None, s) for s in sigmas]
     scaled = e.get_bool("scaled", False)
+    gate = _as_float(e.raw["gate"], f"{where}.gate") if e.has("gate") else None
     try:
         aaa = aaa_config(e.get_mapping("aaa"))
-        return [DefenseSpec(family=family, layers=ls, drop=d, sigma=s, scaled=scaled, aaa=aaa)
+        return [DefenseSpec(family=family, layers=ls, drop=d, sigma=s, scaled=scaled, aaa=aaa, gate=gate)
                 for ls in layer_sets for d, s in levels or [(None, None)]]
     except ValueError as exc:  # "key: problem" from DataSpec names the key
         key, sep, problem = str(exc).partition(": ")

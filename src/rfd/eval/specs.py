@@ -177,6 +177,8 @@ def _defense_entry(d: DefenseSpec) -> dict[str, Any]:
     aaa = d.to_dict()["params"].get("aaa")
     if aaa:
         e["aaa"] = aaa
+    if d.gate is not None:
+        e["gate"] = d.gate
     return e
 
 

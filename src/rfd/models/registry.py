@@ -31,6 +31,7 @@ class ModelEntry:
     checkpoint: str | None  # file name under rfd/assets/models, shipped with the package
     dataset: str  # dataset the weights were trained on
     description: str  # one line for `rfd models`
+    members: tuple[str, ...] = ()  # a model set (rfd.models.model_set): registered members, each with its weights
 
     def checkpoint_path(self) -> Path | None:
         if self.checkpoint is None:
@@ -71,6 +72,13 @@ def create_model(
     inside the package (no download ever happens).
     """
     entry = get_entry(name)
+    if entry.members:
+        if checkpoint is not None:
+            raise ValueError(f"{name!r} is a model set: its members load their own weights; no checkpoint applies")
+        from rfd.models.model_set import ModelSet
+
+        members = [create_model(m, pretrained=pretrained, device=device) for m in entry.members]
+        return ModelSet(members).eval().to(device)  # type: ignore[return-value]
     model = entry.build()
     path = Path(checkpoint) if checkpoint is not None else (entry.checkpoint_path() if pretrained else None)
     if pretrained:
@@ -102,4 +110,20 @@ register_model(ModelEntry(
 register_model(ModelEntry(
     "fmnist-vit", lambda: _fmnist(SmallViT(), "head"), "fmnist-vit.safetensors", "fashion-mnist",
     "ViT, 7x7 patches, 6 blocks of width 64",
+))
+def _set_of(*names: str) -> Callable[[], ImageClassifier]:
+    """The build of a model set: its members with random weights (create_model loads each member's own)."""
+
+    def build() -> ImageClassifier:
+        from rfd.models.model_set import ModelSet
+
+        return ModelSet([get_entry(n).build() for n in names])  # type: ignore[return-value]
+
+    return build
+
+
+register_model(ModelEntry(
+    "fmnist-set", _set_of("fmnist-vgg", "fmnist-resnet", "fmnist-vit"), None, "fashion-mnist",
+    "model set: each query answered by fmnist-vgg, fmnist-resnet or fmnist-vit, drawn uniformly (seeded)",
+    members=("fmnist-vgg", "fmnist-resnet", "fmnist-vit"),
 ))

@@ -192,6 +192,8 @@ def train_reference(
     from rfd.models.registry import get_entry
 
     entry = get_entry(name)
+    if entry.members:
+        raise ValueError(f"{name!r} is a model set of {', '.join(entry.members)}: train its members one by one")
     torch.manual_seed(config.seed)
     model = entry.build()
     train = load_fashion_mnist("train", data_dir)
