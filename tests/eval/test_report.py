@@ -155,3 +155,21 @@ def test_cli_report_formats_plot_and_raw(store: Path, tmp_path: Path, capsys: py
     assert main(["report", str(store), "--table", "lucky"]) == 2
     assert "verify" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_gated_defenses_are_labelled_by_their_gate_and_compared_with_their_like(tmp_path: Path) -> None:
+    from rfd.eval.reporting import paired_comparisons
+
+    db = tmp_path / "gate.sqlite"
+    with ResultStore(db) as s:
+        for fam in ("input", "feature"):
+            add_run(s, family=fam, drop=0.02)
+            add_run(s, family=fam, drop=0.02, defense_params={"gate": 0.99})
+    res = load_results(db)
+    assert sorted(res.runs.method) == ["Feature", "Feature p<0.99", "Input", "Input p<0.99"]
+    t = build_table(res, "robust").frame
+    assert {r[1] for r in t.index} == {"Input", "Input p<0.99", "Feature", "Feature p<0.99"}  # no JSON in labels
+    pairs = paired_comparisons(res, readings=("paper",))
+    method = dict(zip(res.runs.run_id, res.runs.method))
+    assert sorted((method[c.a], method[c.b]) for c in pairs) == [("Feature", "Input"),
+                                                                  ("Feature p<0.99", "Input p<0.99")]

@@ -46,7 +46,7 @@ def paired_comparisons(res: Results, readings: Sequence[str] = ("paper", "strict
     whose values are known, at the runs' full budget."""
     runs = res.runs[res.runs.family.isin(["feature", "input"])]
     keys = ["model", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "output", "params",
-            "target_drop", "sigma_fixed"]
+            "target_drop", "sigma_fixed", "gate"]
     out = []
     for _, g in runs.groupby(keys, dropna=False, sort=False):
         feat, inp = g[g.family == "feature"], g[g.family == "input"]

@@ -62,7 +62,10 @@ def load_results(db: str | os.PathLike[str]) -> Results:
                        else d["family"]),
             "layers": layers if d["family"] == "feature" else ("input" if d["family"] == "input" else ""),
             "scaled": bool(d.get("scaled")), "target_drop": d.get("drop"), "sigma_fixed": d.get("sigma"),
-            "sigma": cfg.get("sigma"), "defense_params": json.dumps(d.get("params") or {}, sort_keys=True),
+            "sigma": cfg.get("sigma"), "gate": (d.get("params") or {}).get("gate"),
+            # the gate is in the method label and its own column; the rest (AAA settings) labels by its JSON
+            "defense_params": json.dumps({k: v for k, v in (d.get("params") or {}).items() if k != "gate"},
+                                         sort_keys=True),
             "attack": labels.get("attack") or a["name"], "attack_name": a["name"], "norm": a["norm"],
             "eps": a["eps"], "eot": a["eot"], "budget": a["budget"], "verify": a["verify"],
             "check": a.get("check", "free"), "reevaluate": a.get("reevaluate"), "output": a.get("output", "logits"),
@@ -73,7 +76,7 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "rfd_version": r["rfd_version"],
         })
     cols = ["run_id", "key", "model", "family", "method", "layers", "scaled", "target_drop", "sigma_fixed", "sigma",
-            "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate",
+            "gate", "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate",
             "output", "seeding", "calibration_converged",
             "params", "n_expected", "seed", "study", "rfd_version"]
     runs_df = pd.DataFrame(recs, columns=cols)

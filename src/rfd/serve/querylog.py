@@ -2,8 +2,8 @@
 per-key budgets survive a restart (the server sums the log when it starts).
 
 Schema (table ``queries``): ``id``, ``time`` (unix seconds), ``key_name``, ``key_id`` (first 12 hex digits of
-the SHA-256 of the key, never the key), ``n_images``, ``output`` (scores / probs / label), ``classes`` (the
-answered class of each image, comma-separated, in request order). Audit with e.g.::
+the SHA-256 of the key, never the key), ``n_images``, ``output`` (the output setting, e.g. logits, topk:5),
+``classes`` (the answered class of each image, comma-separated, in request order). Audit with e.g.::
 
     sqlite3 queries.sqlite "SELECT key_name, SUM(n_images), MAX(datetime(time, 'unixepoch')) FROM queries
                             GROUP BY key_name"
