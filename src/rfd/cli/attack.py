@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "model": args.model, "data": data_name, "attack": args.attack, "norm": args.norm, "eps": eps,
         "budget": args.budget, "seed": args.seed, "verify": args.verify, "check": args.check,
-        "reevaluate": args.reevaluate, "eot": args.eot,
+        "reevaluate": args.reevaluate, "eot": args.eot, "output": str(bb.output),
         "clean_accuracy": summary["clean_accuracy"], "expected_clean_accuracy": summary["expected_clean_accuracy"],
         "robust_accuracy": summary["robust_accuracy"], "readings": summary["readings"], "lucky": summary["lucky"],
         "checks": summary["checks"], "check_forwards": summary["check_forwards"],
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         payload["output_images"] = args.output_images
     sigma = "" if info["sigma"] is None else f" sigma {info['sigma']:.4g}"
     lines = [(f"{args.attack} {args.norm} eps {eps:g} on {args.model} + {info['family']}{sigma}, {res.n} images, "
-              f"check {args.verify} votes ({args.check}), re-evaluation {args.reevaluate} forwards:"),
+              f"output {bb.output}, check {args.verify} votes ({args.check}), re-evaluation {args.reevaluate} forwards:"),
              (f"  clean accuracy {100 * summary['clean_accuracy']:.1f}% (majority vote), "
               f"{100 * summary['expected_clean_accuracy']:.1f}% expected per forward")]
     for b in summary["robust_accuracy"]:
