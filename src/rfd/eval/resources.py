@@ -7,13 +7,16 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from rfd.eval.specs import ModelSpec
 from rfd.importing import import_object
+
+if TYPE_CHECKING:
+    from rfd.models.registry import ModelEntry
 from rfd.jsonable import thaw
 
 __all__ = ["build_model", "file_digest", "model_identity"]
@@ -33,45 +36,46 @@ def _cached_file_digest(path: str, mtime_ns: int, size: int) -> str:
     return file_digest(path)
 
 
-def _weights_path(spec: ModelSpec) -> Path | None:
-    if spec.checkpoint is not None:
-        return Path(spec.checkpoint)
-    if spec.factory is None and not spec.name.startswith("timm:"):
-        from rfd.models.registry import get_entry
-
-        return get_entry(spec.name).checkpoint_path()
-    return None
-
-
-def _set_members(spec: ModelSpec) -> tuple[str, ...]:
+def _registry_entry(spec: ModelSpec) -> ModelEntry | None:
+    """The registry entry a spec names when the registry alone defines it (no own checkpoint, factory or timm)."""
     if spec.checkpoint is None and spec.factory is None and not spec.name.startswith("timm:"):
         from rfd.models.registry import get_entry
 
-        return get_entry(spec.name).members
-    return ()
+        return get_entry(spec.name)
+    return None
+
+
+def _weights_path(spec: ModelSpec) -> Path | None:
+    if spec.checkpoint is not None:
+        return Path(spec.checkpoint)
+    entry = _registry_entry(spec)
+    return entry.checkpoint_path() if entry is not None else None
+
+
+def _weights_digest(spec: ModelSpec) -> str | None:
+    entry = _registry_entry(spec)
+    if entry is not None and entry.members:  # a model set: its members' weights identify it
+        return ",".join(str(_weights_digest(ModelSpec(name=m))) for m in entry.members)
+    path = _weights_path(spec)
+    if path is None:
+        return None
+    if not path.is_file():
+        if spec.checkpoint is None:
+            raise FileNotFoundError(
+                f"model {spec.name!r}: the reference checkpoint {path} is not installed; train it with "
+                f"`rfd train {spec.name} --out PATH` and give checkpoint: PATH in the study")
+        raise FileNotFoundError(f"model {spec.name!r}: checkpoint not found: {path}")
+    st = path.stat()
+    return _cached_file_digest(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
-    """What identifies a model's outputs: its name/factory, options and the sha256 of its weights file.
+    """What identifies a model's outputs: its name/factory, options and the sha256 of its weights file (of each
+    member's, comma-joined, for a model set).
 
     Raises FileNotFoundError when the weights file is missing (registry models: the shipped checkpoint)."""
-    members = _set_members(spec)
-    if members:  # a model set: its members' weights identify it
-        digests = [model_identity(ModelSpec(name=m))["weights_sha256"] for m in members]
-        return {"name": spec.name, "factory": spec.factory, "options": thaw(spec.options),
-                "weights_sha256": ",".join(digests)}
-    path = _weights_path(spec)
-    weights = None
-    if path is not None:
-        if not path.is_file():
-            if spec.checkpoint is None:
-                raise FileNotFoundError(
-                    f"model {spec.name!r}: the reference checkpoint {path} is not installed; train it with "
-                    f"`rfd train {spec.name} --out PATH` and give checkpoint: PATH in the study")
-            raise FileNotFoundError(f"model {spec.name!r}: checkpoint not found: {path}")
-        st = path.stat()
-        weights = _cached_file_digest(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    return {"name": spec.name, "factory": spec.factory, "options": thaw(spec.options), "weights_sha256": weights}
+    return {"name": spec.name, "factory": spec.factory, "options": thaw(spec.options),
+            "weights_sha256": _weights_digest(spec)}
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
