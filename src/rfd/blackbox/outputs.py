@@ -121,9 +121,12 @@ class OutputSpec:
         if self.kind == "rounded":
             assert self.digits is not None
             return torch.round(p, decimals=self.digits)
-        keep = self.visible_classes(p.shape[1])
-        top = p.topk(keep, dim=1)
+        top = self._top(p)
         return torch.full_like(p, math.nan).scatter(1, top.indices, top.values)
+
+    def _top(self, p: torch.Tensor) -> Any:
+        """The visible classes of a partial setting: ``topk`` of probabilities (B, K), best first."""
+        return p.topk(self.visible_classes(p.shape[1]), dim=1)
 
     def to_json(self, logits: torch.Tensor) -> dict[str, Any]:
         """The HTTP body fields for model logits (B, K): ``labels`` always; ``scores`` (B x K lists) for logits,
@@ -134,8 +137,7 @@ class OutputSpec:
         if self.kind == "labels":
             return out
         if self.partial:
-            p = logits.float().softmax(1)
-            top = p.topk(self.visible_classes(p.shape[1]), dim=1)
+            top = self._top(logits.float().softmax(1))
             out["top"] = [[[int(c), float(v)] for c, v in zip(ci, vi)]
                           for ci, vi in zip(top.indices.cpu().tolist(), top.values.cpu().tolist())]
             return out
