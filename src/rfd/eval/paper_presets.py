@@ -84,6 +84,16 @@ def _score_attacks(budget: int, norm: str = "linf", eps: float | None = None) ->
     return tuple(AttackSpec(name=a, norm=norm, eps=e, budget=budget) for a in _SCORE)
 
 
+def _within(scale: Scale, budget: int) -> tuple[int, ...]:
+    """The scale's reporting budgets a run of ``budget`` queries reaches (the budget alone if none)."""
+    return tuple(c for c in scale.checkpoints if c <= budget) or (budget,)
+
+
+def _through(scale: Scale, budget: int) -> tuple[int, ...]:
+    """The scale's reporting budgets up to ``budget``, and ``budget`` itself."""
+    return tuple(sorted({*(c for c in scale.checkpoints if c <= budget), budget}))
+
+
 def _study(name: str, scale: Scale, models: tuple[ModelSpec, ...], defenses: tuple[DefenseSpec, ...],
            attacks: tuple[AttackSpec, ...], *, n: int | None = None, checkpoints: tuple[int, ...] | None = None,
            description: str = "") -> Study:
@@ -111,7 +121,7 @@ def table3(scale: Scale) -> Study:
     full = scale.name == "full"
     drops = (0.02, 0.04) if full else (0.02,)  # cpu: the small-noise half of the table only
     return _study("table3", scale, _models("fmnist-vgg", "fmnist-vit"), _noise(drops), attacks, n=scale.n if full else 50,
-                  checkpoints=tuple(c for c in scale.checkpoints if c <= b) or (b,),
+                  checkpoints=_within(scale, b),
                   description="attack strength sweep (Square p_init, NES fd_step, SignHunt eps) at 2%"
                               + (" and 4% drops" if full else " drop (cpu scale: 50 images)"))
 
@@ -127,7 +137,7 @@ def table4(scale: Scale) -> Study:
     attacks = (*_score_attacks(b),
                *(AttackSpec(name=a, eps=0.1, budget=b, label=f"{a} eps=0.1") for a in _SCORE))
     return _study("table4", scale, _models("fmnist-vgg-at", "fmnist-vgg"), (_NONE, *_noise((0.02,))), attacks,
-                  checkpoints=tuple(c for c in scale.checkpoints if c <= b) or (b,),
+                  checkpoints=_within(scale, b),
                   description="adversarial training (fmnist-vgg-at, PGD eps 0.1) with and without input / feature "
                               "noise at a 2% drop, next to fmnist-vgg with the same noise; l_inf eps 0.05 and 0.1")
 
@@ -161,7 +171,7 @@ def _layers_study(name: str, scale: Scale, model: str, *, scaled_sigma: float | 
     n = scale.n if scale.name == "full" else 100
     tag = name if model == "fmnist-vgg" else f"{name}-{model.removeprefix('fmnist-')}"
     return _study(tag, scale, _models(model), _layer_defenses(model, scaled_sigma=scaled_sigma, drop=drop),
-                  _score_attacks(b), n=n, checkpoints=tuple(c for c in scale.checkpoints if c <= b) or (b,),
+                  _score_attacks(b), n=n, checkpoints=_within(scale, b),
                   description=description)
 
 
@@ -241,7 +251,7 @@ def honest(scale: Scale, model: str = "fmnist-vgg") -> Study:
                              label="nes adaptive"))
     name = "honest" if model == "fmnist-vgg" else f"honest-{model.removeprefix('fmnist-')}"
     return _study(name, scale, _models(model), tuple(defenses), attacks, n=200 if full else scale.n,
-                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  checkpoints=_through(scale, b),
                   description="input vs feature noise under the paper and strict readings, paired draws")
 
 
@@ -260,7 +270,7 @@ def adaptive(scale: Scale) -> Study:
          AttackSpec(name="nes", eps=0.05, budget=b),
          AttackSpec(name="nes", eps=0.05, budget=b, params=freeze({"momentum": 0.9, "plateau_length": 5}))]
     return _study("adaptive", scale, _models("fmnist-vgg"), _noise((0.02,)), tuple(a),
-                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  checkpoints=_through(scale, b),
                   description="adaptive variants of the score-based attacks vs input and feature noise (2% drop)")
 
 
@@ -311,7 +321,7 @@ def outputs(scale: Scale) -> Study:
     attacks = (*(AttackSpec(name=a, eps=0.05, budget=b, output=o) for a in _SCORE for o in OUTPUT_SETTINGS),
                AttackSpec(name="rays", eps=0.05, budget=b, output="labels"))
     return _study("outputs", scale, _models("fmnist-vgg"), (_NONE, *_noise((0.02,), ("feature",))), attacks,
-                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  checkpoints=_through(scale, b),
                   description="score attacks on probs / top-5 / top-1 / rounded:2 answers and RayS on labels vs no "
                               "defense and feature noise at a 2% drop, paired draws")
 
@@ -330,7 +340,7 @@ def output_defenses(scale: Scale) -> Study:
                 DefenseSpec(family="logits", sigma=0.1, gate=0.3), *gated)
     attacks = tuple(AttackSpec(name=a, eps=0.05, budget=b) for a in (*_SCORE, "rays"))
     return _study("output-defenses", scale, _models("fmnist-vgg"), defenses, attacks,
-                  checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  checkpoints=_through(scale, b),
                   description="output-side and confidence-gated defenses (boundary defense, gated noise) next to "
                               "input, feature and logits noise at a 2% drop, paired draws")
 
@@ -343,7 +353,7 @@ def model_set(scale: Scale) -> Study:
     b = scale.budget
     attacks = tuple(AttackSpec(name=a, eps=0.05, budget=b) for a in (*_SCORE, "rays"))
     return _study("model-set", scale, _models("fmnist-set", "fmnist-vgg"), (_NONE, *_noise((0.02,), ("feature",))),
-                  attacks, checkpoints=tuple(sorted({*(c for c in scale.checkpoints if c <= b), b})),
+                  attacks, checkpoints=_through(scale, b),
                   description="a set of three models answering at random, bare and with feature noise at a 2% drop, "
                               "next to fmnist-vgg, paired draws")
 
