@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from rfd.attacks.registry import get_attack_class
+from rfd.attacks.base import Attack
+from rfd.attacks.registry import get_attack_class, make_attack
 from rfd.blackbox.outputs import parse_output
 from rfd.data.source import DataSpec
 from rfd.defenses.spec import DefenseSpec
@@ -95,10 +96,14 @@ class AttackSpec:
             raise StudyError(f"attack {self.name!r}: {exc}") from None
         object.__setattr__(self, "output", str(out))  # canonical text: "TopK:5" and "topk:5" are one setting
         if out.kind != "logits":
-            attack = cls(norm=self.norm, eps=self.eps, budget=self.budget, eot=self.eot, **thaw(self.params))
-            problem = attack.output_problem(out)
+            problem = self.make_attack(seed=0).output_problem(out)
             if problem:
                 raise StudyError(problem)
+
+    def make_attack(self, seed: int) -> Attack:
+        """The attack this setting describes, with ``seed`` (unknown settings fail naming the valid ones)."""
+        return make_attack(self.name, norm=self.norm, eps=self.eps, budget=self.budget, seed=seed, eot=self.eot,
+                           **thaw(self.params))
 
     @property
     def display(self) -> str:

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from rfd.attacks.base import Attack
-from rfd.attacks.registry import make_attack
 from rfd.data.source import EvalData, select_data
 from rfd.defenses.spec import DefenseSpec
 from rfd.eval.cells import Cell, expand_cells
@@ -103,8 +102,7 @@ class CalibrationTask:
 
 def make_cell_attack(setting: AttackSpec, seed: int) -> Attack:
     """The attack of a cell with ``seed`` (unknown settings fail naming the attack's valid ones)."""
-    return make_attack(setting.name, norm=setting.norm, eps=setting.eps, budget=setting.budget, seed=seed,
-                       eot=setting.eot, **thaw(setting.params))
+    return setting.make_attack(seed)
 
 
 class WorkerContext:
