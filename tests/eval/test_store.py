@@ -27,7 +27,7 @@ CONFIG = {"identity": {"n": 4}, "sigma": 0.5}
 def test_wal_mode_and_schema(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as s:
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert s.meta()["schema_version"] == "2"
+        assert s.meta()["schema_version"] == "3"
     with pytest.raises(FileNotFoundError):
         ResultStore(tmp_path / "absent.sqlite", create=False)
 
@@ -65,7 +65,7 @@ def test_a_schema_1_store_is_migrated_and_stays_readable(tmp_path: Path) -> None
     conn.close()
     res = load_results(db)  # migrates: new columns NULL
     with ResultStore(db) as s:
-        assert s.meta()["schema_version"] == "2" and s.meta()["migrated_from"] == "1"
+        assert s.meta()["schema_version"] == "3" and s.meta()["migrated_from"] == "1"
         assert s.chunk_info(1)[0].reevaluation_forwards is None
     assert res.samples.success.tolist() == [True, False]
     assert res.runs.seeding.tolist() == ["per-run (rfd 0.1)"]

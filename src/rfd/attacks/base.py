@@ -42,6 +42,11 @@ class AttackConfig:
     budget: int = 1000  # queries per sample (EOT repetitions included)
     seed: int = 0  # seed of every random draw the attack makes
     eot: int = 1  # M forwards averaged per loss evaluation (score-based); each costs M queries
+    # OARS (Feng et al., CCS 2023), the adaptive attack against stateful detectors (rfd.attacks.oars); Square, NES
+    # and HopSkipJump only
+    oars: bool = False  # explore the attack's perturbation scale first, then resample refused probes
+    oars_target: float = 0.05  # flag rate of the exploration's trial queries to stay under
+    oars_retries: int | None = None  # redraws of a refused probe; None = OARS's 5 (Square, NES) / 20 (HopSkipJump)
 
     def __post_init__(self) -> None:
         ThreatModel(norm=self.norm, eps=self.eps)  # type: ignore[arg-type]  # validates norm and eps
@@ -49,9 +54,20 @@ class AttackConfig:
             raise ValueError(f"budget must be >= 1 query, got {self.budget}")
         if self.eot < 1:
             raise ValueError(f"eot must be >= 1 forward per query, got {self.eot}")
+        if not isinstance(self.oars, bool):
+            raise ValueError(f"oars must be true or false, got {self.oars!r}")
+        if not 0 < self.oars_target < 1:
+            raise ValueError(f"oars_target is a flag rate in (0, 1), got {self.oars_target!r}")
+        if self.oars_retries is not None and (isinstance(self.oars_retries, bool)
+                                              or not isinstance(self.oars_retries, int) or self.oars_retries < 0):
+            raise ValueError(f"oars_retries must be an integer >= 0 or None, got {self.oars_retries!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.oars:  # the OARS settings say nothing unless it is on (and older results have none)
+            for k in ("oars", "oars_target", "oars_retries"):
+                d.pop(k)
+        return d
 
 
 class AttackState:
@@ -90,12 +106,18 @@ class AttackState:
         # every claim offered to the check: sample rows and their query counts at the claim
         self._claim_idx: list[torch.Tensor] = []
         self._claim_queries: list[torch.Tensor] = []
+        # bool (B,): rows of the latest query the deployment refused (a stateful detector), all False otherwise;
+        # OARS-style attacks read it to resample (see rfd.attacks.oars)
+        self.rejected = torch.zeros(0, dtype=torch.bool, device=x0.device)
+        # OARS rejection sampling: how many times a refused probe is drawn again (0: the attack ignores refusals)
+        self.retries = 0
 
     # -- budget ---------------------------------------------------------------------------------------
     def remaining(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """int64 queries left per sample (all N, or rows ``idx``)."""
+        """int64 queries left per sample (all N, or rows ``idx``); 0 for a sample whose session the deployment
+        ended (a stateful detector's ban)."""
         q = self.bb.queries
-        left = self.budget - q
+        left = torch.where(self.bb.closed, torch.zeros_like(q), self.budget - q)
         return left if idx is None else left[idx]
 
     def active_idx(self, cost: int = 1) -> torch.Tensor:
@@ -115,9 +137,30 @@ class AttackState:
     # -- queries (charged) ----------------------------------------------------------------------------
     def scores(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Scores (B, K) of x (B, C, H, W) for samples idx; costs ``eot`` queries per row."""
+        if self.bb.stateful and bool(self.bb.closed[idx].any()):  # a banned sample's queries are not sent
+            return self._open_rows_only(x, idx, self.scores, float("nan"), (x.shape[0], self.bb.num_classes))
         out = self.bb.scores(x, idx, repeats=self.config.eot)
+        self._note_rejected(idx)
         self._tick()
         return out
+
+    def _open_rows_only(self, x: torch.Tensor, idx: torch.Tensor, ask: Any, fill: float,
+                        shape: tuple[int, ...]) -> torch.Tensor:
+        """Ask only the rows whose session is open (a banned sample's request would be refused uncharged); the
+        others read as refused (``fill``)."""
+        open_ = ~self.bb.closed[idx]
+        out = torch.full(shape, fill, device=x.device,
+                         dtype=torch.int64 if isinstance(fill, int) else torch.float32)
+        rejected = torch.ones_like(open_)
+        if bool(open_.any()):
+            out[open_] = ask(x[open_], idx[open_]).to(out.dtype)
+            rejected[open_] = self.rejected
+        self.rejected = rejected
+        return out
+
+    def _note_rejected(self, idx: torch.Tensor) -> None:
+        rej = self.bb.last_rejected
+        self.rejected = rej if rej is not None and rej.shape == idx.shape else torch.zeros_like(idx, dtype=torch.bool)
 
     def margin(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The paper's margin loss (B,) of x for samples idx (negative = looks adversarial); costs ``eot``. Under
@@ -138,8 +181,15 @@ class AttackState:
 
     def labels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Predicted labels (B,) of x for samples idx; costs ``eot`` queries per row (majority of ``eot``
-        forwards; 1 forward with the default eot=1)."""
+        forwards; 1 forward with the default eot=1). A refused row (a stateful detector's reject) reads as the
+        true label: a refusal is no evidence that x is adversarial (:attr:`rejected` tells it apart)."""
+        if self.bb.stateful and bool(self.bb.closed[idx].any()):
+            out = self._open_rows_only(x, idx, self.labels, -1, (x.shape[0],))
+            return torch.where(self.rejected, self.y[idx], out)
         out = self.bb.labels(x, idx, repeats=self.config.eot)
+        self._note_rejected(idx)
+        if bool(self.rejected.any()):
+            out = torch.where(self.rejected, self.y[idx], out)
         self._tick()
         return out
 
@@ -211,6 +261,10 @@ class Attack(ABC):
     The attack object keeps no state between calls: ``run`` may be called again on other images."""
 
     name: ClassVar[str] = "attack"  # registry name
+    # OARS support (rfd.attacks.oars): the config field holding the perturbation scale its exploration tunes, with
+    # the search range, and the default number of redraws of a refused probe; None: the attack has no OARS form
+    oars_scale: ClassVar[tuple[str, float, float] | None] = None
+    oars_retries: ClassVar[int] = 5
     access: ClassVar[AttackAccess] = "scores"  # what it needs of the black box; see blackbox_access()
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
@@ -225,6 +279,8 @@ class Attack(ABC):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         if config.norm not in self.norms:
             raise ValueError(f"{self.name} supports norms {self.norms}, got {config.norm!r}")
+        if config.oars and self.oars_scale is None:
+            raise ValueError(f"{self.name} has no OARS form; oars applies to square, nes and hsja")
         self.config = config
 
     @classmethod
@@ -301,7 +357,12 @@ class Attack(ABC):
         state = AttackState(bb, x0, y0, self.config, clean_correct, progress=progress, desc=self.name)
         gen = torch.Generator(device=dev).manual_seed(self.config.seed)
         try:
-            self._run(state, gen)
+            if self.config.oars:
+                from rfd.attacks.oars import run_oars
+
+                run_oars(self, state, gen)
+            else:
+                self._run(state, gen)
         finally:
             state.close()
         linf, l2 = distances(state.x_adv, x0)
@@ -323,6 +384,11 @@ class Attack(ABC):
             p_wrong=p_wrong.cpu(), clean_p_wrong=clean_p_wrong.cpu(), verify=bb.verify, check=bb.check,
             reevaluate=bb.reevaluate, reevaluation_forwards=bb.reevaluation_forwards,
         )
+
+    def _oars_trials(self, state: AttackState, idx: torch.Tensor, scale: float, trials: int) -> torch.Tensor:
+        """OARS exploration: ``trials`` trial queries (trials * B, C, H, W) per image idx (B,) that perturb it as
+        the attack would at perturbation scale ``scale`` (image-major). Attacks with :attr:`oars_scale` override it."""
+        raise NotImplementedError(f"{self.name} has no OARS form")
 
     @abstractmethod
     def _run(self, state: AttackState, gen: torch.Generator) -> None:

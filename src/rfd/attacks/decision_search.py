@@ -16,11 +16,13 @@ import torch
 
 from rfd.attacks.base import AttackState
 from rfd.attacks.rng import RowDraws
+from rfd.blackbox.stateful import group_ranks
 
 __all__ = [
     "REPORT_AT",
     "Path",
     "ReportAt",
+    "affordable",
     "bcast",
     "bisect_blend",
     "bisect_boundary",
@@ -69,6 +71,15 @@ def norm_distance(x: torch.Tensor, x0: torch.Tensor, norm: str) -> torch.Tensor:
 def can_pay(state: AttackState, idx: torch.Tensor) -> torch.Tensor:
     """bool (B,): samples idx are still active and can pay one more label query (``eot`` forwards)."""
     return state.active[idx] & (state.remaining(idx) >= state.config.eot)
+
+
+def affordable(state: AttackState, samples: torch.Tensor) -> torch.Tensor:
+    """bool (B,): which of the label queries for ``samples`` (int64 (B,), repeats allowed, in sending order) the
+    samples can still pay together: the j-th query of a sample (0-based) if j < its remaining // eot."""
+    if samples.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=samples.device)
+    rank = group_ranks(samples)
+    return state.active[samples] & (rank < state.remaining(samples) // state.config.eot)
 
 
 def query_adversarial(state: AttackState, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.decision_search import (
     Path,
     ReportAt,
+    affordable,
     bcast,
     bisect_boundary,
     box_path,
@@ -29,7 +30,7 @@ from rfd.attacks.decision_search import (
     ray_path,
     record_boundary,
 )
-from rfd.attacks.rng import RowDraws
+from rfd.attacks.rng import RowDraws, draws_for
 
 __all__ = ["HopSkipJump", "HopSkipJumpConfig"]
 
@@ -50,6 +51,7 @@ class HopSkipJumpConfig(AttackConfig):
     max_evals: int = 10000  # cap on probes per gradient estimate
     max_halvings: int = 30  # geometric step-size search gives up (keeps the point) after this many halvings
     report_at: ReportAt = "eps"  # what the check gets once within eps (decision_search.ReportAt)
+    probe_scale: float = 1.0  # multiplies the probes' distance delta (0.1 first, then gamma * dist / d); OARS tunes it
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +60,8 @@ class HopSkipJumpConfig(AttackConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.gamma > 0):
             raise ValueError(f"gamma must be positive, got {self.gamma}")
+        if not (self.probe_scale > 0):
+            raise ValueError(f"probe_scale must be positive, got {self.probe_scale}")
         check_report_at(self.report_at)
 
 
@@ -87,6 +91,19 @@ class HopSkipJump(Attack):
     access = "labels"
     norms: ClassVar[tuple[str, ...]] = ("l2", "linf")
     config_class: ClassVar[type[AttackConfig]] = HopSkipJumpConfig
+    oars_scale = ("probe_scale", 1.0, 100.0)
+    oars_retries = 20
+
+    def _oars_trials(self, state: AttackState, idx: torch.Tensor, scale: float, trials: int) -> torch.Tensor:
+        """HopSkipJump's first probes at ``probe_scale = scale``: ``clip(x0 + 0.1 scale u)`` with u a unit l_2
+        direction (Gaussian for l_2, uniform cube for l_inf), around the clean images."""
+        x0 = state.x0[idx]
+        shape = x0.shape[1:]
+        rows = state.rng.rows(idx)
+        u = rows.randn(idx.numel(), trials, *shape) if self.config.norm == "l2" \
+            else rows.rand(idx.numel(), trials, *shape) * 2 - 1
+        u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(idx.numel(), trials, *([1] * len(shape)))
+        return (x0.unsqueeze(1) + 0.1 * scale * u).clamp(0.0, 1.0).flatten(0, 1)
 
     def _run(self, state: AttackState, gen: torch.Generator) -> None:
         cfg = self.config
@@ -114,6 +131,8 @@ class HopSkipJump(Attack):
                 return
             t = steps[idx].double()
             delta = torch.where(t == 0, torch.full_like(dist[idx], 0.1), cfg.gamma * dist[idx] / d)
+            if cfg.probe_scale != 1.0:
+                delta = delta * cfg.probe_scale
             evals = torch.minimum((cfg.init_evals * torch.sqrt(t + 1)).floor().clamp(max=cfg.max_evals).long(),
                                   state.remaining(idx) // cfg.eot)
             grad = self._estimate_normal(state, idx, x_b[idx], delta, evals, state.rng.rows(idx))
@@ -181,6 +200,7 @@ class HopSkipJump(Attack):
         s_weighted = torch.zeros_like(x_b)  # sum_j answer_j * u_j
         s_plain = torch.zeros_like(x_b)  # sum_j u_j
         s_answer = torch.zeros(b, device=x_b.device)
+        n_answered = torch.zeros(b, device=x_b.device)  # probes in the estimate (all of them unless refused)
         for rows, vr, vc in probe_blocks(evals, k, block):
             r = rows.numel()
             rd = draws.subset(rows)
@@ -193,14 +213,50 @@ class HopSkipJump(Attack):
             xb = x_b[rows].unsqueeze(1)
             probes = (xb + dl * u).clamp(0.0, 1.0)
             u = (probes - xb) / dl  # the direction actually probed, after clipping
+            if state.retries:  # redraws of earlier blocks spent budget that ``evals`` counted on
+                keep = affordable(state, idx[rows[vr]])
+                vr, vc = vr[keep], vc[keep]
             at = rows[vr]
+            uq = u[vr, vc]
             answer = query_adversarial(state, probes[vr, vc], idx[at]).float() * 2 - 1
-            s_answer.index_add_(0, at, answer)
-            s_weighted.index_add_(0, at, bcast(answer, u[vr, vc]) * u[vr, vc])
-            s_plain.index_add_(0, at, u[vr, vc])
-        m = evals.clamp_min(1).float()
+            weight = torch.ones_like(answer)
+            if state.retries:  # OARS: refused probes are drawn again, and left out of the estimate if still refused
+                uq, answer, weight = self._redraw_refused(state, idx[at], x_b[at], delta[at], uq, answer)
+            s_answer.index_add_(0, at, answer * weight)
+            s_weighted.index_add_(0, at, bcast(answer * weight, uq) * uq)
+            s_plain.index_add_(0, at, bcast(weight, uq) * uq)
+            n_answered.index_add_(0, at, weight)
+        m = (n_answered if state.retries else evals.float()).clamp_min(1).float()
         mean = s_answer / m
         baseline = torch.where(mean.abs() == 1, torch.zeros_like(mean), mean)
         grad = (s_weighted - bcast(baseline, s_plain) * s_plain) / bcast(m, s_plain)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
         return grad / bcast(norm, grad)
+
+    def _redraw_refused(self, state: AttackState, samples: torch.Tensor, x_b: torch.Tensor, delta: torch.Tensor,
+                        u: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """OARS's rejection sampling for HopSkipJump (Feng et al., CCS 2023): probes (P rows, of ``samples``
+        (P,), at boundary points x_b (P, ...) with scales delta (P,)) that the deployment refused get a fresh
+        direction and are queried again, up to ``state.retries`` times while their sample can pay. Returns the
+        directions, answers and weights (P,): 1 for answered probes, 0 for those still refused."""
+        ok = ~state.rejected if state.rejected.shape == answer.shape else torch.ones_like(answer, dtype=torch.bool)
+        shape = tuple(u.shape[1:])
+        ones = (1,) * len(shape)
+        for _ in range(state.retries):
+            redo = torch.nonzero(~ok).flatten()
+            redo = redo[affordable(state, samples[redo])]
+            if redo.numel() == 0:
+                break
+            s = samples[redo]
+            if self.config.norm == "l2":
+                v = draws_for(state.rng, s, shape)
+            else:
+                v = draws_for(state.rng, s, shape, kind="rand") * 2 - 1
+            v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *ones)
+            dl = delta[redo].float().view(-1, *ones)
+            probes = (x_b[redo] + dl * v).clamp(0.0, 1.0)
+            v = (probes - x_b[redo]) / dl
+            a = query_adversarial(state, probes, s).float() * 2 - 1
+            u, answer, ok = u.clone(), answer.clone(), ok.clone()
+            u[redo], answer[redo], ok[redo] = v, a, ~state.rejected
+        return u, answer, ok.float()

@@ -21,7 +21,7 @@ import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.projections import l2_normalize
-from rfd.attacks.rng import RowDraws
+from rfd.attacks.rng import RowDraws, draws_for
 
 __all__ = ["NES", "NESConfig", "nes_directions", "nes_gradient", "nes_step", "plateau_update"]
 
@@ -93,8 +93,14 @@ def nes_gradient(u: torch.Tensor, loss_plus: torch.Tensor, loss_minus: torch.Ten
         u: Gaussian directions (P, B, C, H, W) for P pairs of B images.
         loss_plus, loss_minus: losses (P, B) at ``x + sigma u`` and ``x - sigma u``.
     Returns:
-        (B, C, H, W): ``sum_j u_j (L+ - L-) / (2 sigma P)``."""
-    w = (loss_plus - loss_minus) / (2 * sigma * u.shape[0])
+        (B, C, H, W): ``sum_j u_j (L+ - L-) / (2 sigma P)``. Pairs with a NaN loss (a probe a stateful
+        detector refused) are left out, and P counts the answered pairs of each image."""
+    if bool(torch.isfinite(loss_plus).all()) and bool(torch.isfinite(loss_minus).all()):
+        w = (loss_plus - loss_minus) / (2 * sigma * u.shape[0])
+    else:  # refused probes (a stateful detector): the estimate averages the answered pairs only
+        ok = torch.isfinite(loss_plus) & torch.isfinite(loss_minus)
+        n_ok = ok.sum(0).clamp_min(1).to(loss_plus.dtype)
+        w = torch.where(ok, (loss_plus - loss_minus).nan_to_num(0.0), torch.zeros_like(loss_plus)) / (2 * sigma * n_ok)
     return (w.view(*w.shape, *([1] * (u.dim() - 2))) * u).sum(0)
 
 
@@ -167,6 +173,13 @@ class NES(Attack):
     access = "scores"
     norms = ("linf", "l2")
     config_class = NESConfig
+    oars_scale = ("fd_step", 0.01, 0.5)
+
+    def _oars_trials(self, state: AttackState, idx: torch.Tensor, scale: float, trials: int) -> torch.Tensor:
+        """NES probes of the clean images at sampling step ``scale``: ``clip(x0 + scale u)``, u ~ N(0, I)."""
+        x0 = state.x0[idx]
+        u = state.rng.rows(idx).randn(idx.numel(), trials, *x0.shape[1:])
+        return (x0.unsqueeze(1) + scale * u).clamp(0.0, 1.0).flatten(0, 1)
 
     def _run(self, state: AttackState, gen: torch.Generator) -> None:
         cfg = self.config
@@ -196,13 +209,15 @@ class NES(Attack):
                 plus.append(m[:k])
                 minus.append(m[k:])
             lp, lm = torch.cat(plus), torch.cat(minus)
+            if state.retries:  # OARS rejection sampling: redraw the refused pairs' directions
+                u, lp, lm = _redraw_refused(state, xi, idx, u, lp, lm, sigma, cfg.eot)
             g = nes_gradient(u, lp, lm, sigma)
             if g_prev is not None:
                 g = beta * g_prev[idx] + (1.0 - beta) * g
                 g_prev[idx] = g
             lr: float | torch.Tensor = cfg.step
             if plateau:
-                loss = (lp.sum(0) + lm.sum(0)) / (2 * pairs)  # the probes' mean margin: no extra query
+                loss = (lp.nansum(0) + lm.nansum(0)) / (2 * pairs)  # the probes' mean margin: no extra query
                 lrs[idx], hist[idx], count[idx] = plateau_update(lrs[idx], hist[idx], count[idx], loss,
                                                                  drop=cfg.plateau_drop, min_lr=cfg.lr_floor)
                 lr = lrs[idx]
@@ -211,3 +226,28 @@ class NES(Attack):
             x[idx] = x_new
             state.report(x_new, idx, m < 0)
         state.keep(x, torch.arange(state.n, device=x.device))
+
+
+def _redraw_refused(state: AttackState, xi: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, lp: torch.Tensor,
+                    lm: torch.Tensor, sigma: float, eot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OARS's rejection sampling for NES (Feng et al., CCS 2023): a pair (P, B) with a refused probe (NaN loss)
+    gets a fresh direction from its image's stream and is queried again, up to ``state.retries`` times. An image
+    redraws only while it can still pay the redrawn pairs and the evaluation of its next iterate, so the budget
+    is never exceeded; pairs still refused stay out of the estimate (:func:`nes_gradient`)."""
+    for _ in range(state.retries):
+        bad = ~(torch.isfinite(lp) & torch.isfinite(lm))  # (P, B)
+        need = (2 * bad.sum(0) + 1) * eot  # the redrawn pairs, plus the iterate's evaluation still to come
+        can = state.remaining(idx) >= need
+        bad &= can.unsqueeze(0)
+        if not bool(bad.any()):
+            break
+        p_i, b_i = torch.nonzero(bad, as_tuple=True)
+        new_u = draws_for(state.rng, idx[b_i], tuple(xi.shape[1:]))
+        base = xi[b_i]
+        probes = torch.cat([(base + sigma * new_u).clamp(0.0, 1.0), (base - sigma * new_u).clamp(0.0, 1.0)])
+        m = state.margin(probes, idx[b_i].repeat(2))
+        u = u.clone()
+        u[p_i, b_i] = new_u
+        lp, lm = lp.clone(), lm.clone()
+        lp[p_i, b_i], lm[p_i, b_i] = m[: b_i.numel()], m[b_i.numel():]
+    return u, lp, lm

@@ -117,3 +117,25 @@ class RowDraws:
     def subset(self, rows: torch.Tensor) -> RowDraws:
         """Draws for a subset of these rows (``rows`` indexes into ``idx``: bool mask or int positions)."""
         return RowDraws(self.streams, self.idx[rows])
+
+
+def draws_for(streams: SampleStreams, samples: torch.Tensor, shape: tuple[int, ...], kind: str = "randn"
+              ) -> torch.Tensor:
+    """One random tensor of ``shape`` per entry of ``samples`` (int64 (B,), sample numbers that may repeat), each
+    from its sample's own stream: a sample that appears c times makes one draw of c tensors, so repeated samples
+    get distinct values (a plain :meth:`SampleStreams.rows` call would give repeats the same ones).
+    ``kind``: ``"randn"`` (standard normal) or ``"rand"`` (uniform [0, 1)). Returns float32 (B, *shape)."""
+    if samples.numel() == 0:
+        return torch.zeros(0, *shape, device=streams.device)
+    order = torch.argsort(samples, stable=True)
+    sorted_s = samples[order]
+    uniq, counts = torch.unique_consecutive(sorted_s, return_counts=True)
+    rows = RowDraws(streams, uniq)
+    per = int(counts.max())
+    fresh = rows.randn(uniq.numel(), per, *shape) if kind == "randn" else rows.rand(uniq.numel(), per, *shape)
+    group = torch.repeat_interleave(torch.arange(uniq.numel(), device=samples.device), counts)
+    slot = torch.arange(samples.numel(), device=samples.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    out = torch.empty(samples.numel(), *shape, device=fresh.device, dtype=fresh.dtype)
+    out[order] = fresh[group, slot]
+    return out

@@ -354,6 +354,24 @@ class Square(Attack):
     access = "scores"
     norms = ("linf", "l2")
     config_class = SquareConfig
+    oars_scale = ("p_init", 0.01, 0.5)
+
+    def _oars_trials(self, state: AttackState, idx: torch.Tensor, scale: float, trials: int) -> torch.Tensor:
+        """Square's first proposals at ``p_init = scale``: from its start point, one window of the size that p
+        gives changed per trial."""
+        cfg = self.config
+        _, c, h, w = state.x0.shape
+        x_0 = state.x0[idx]
+        out = []
+        for _ in range(trials):  # one draw per image and trial, from the image's own stream
+            draws = state.rng.rows(idx)
+            if cfg.norm == "linf":
+                start = linf_init(x_0, cfg.eps, draws)
+                out.append(linf_proposal(x_0, start, cfg.eps, linf_window_size(scale, c, h, w), draws))
+            else:
+                start = l2_init(x_0, cfg.eps, draws)
+                out.append(l2_proposal(x_0, start, cfg.eps, l2_window_size(scale, c, h, w), draws))
+        return torch.stack(out, 1).flatten(0, 1)
 
     def _run(self, state: AttackState, gen: torch.Generator) -> None:
         cfg = self.config
@@ -374,7 +392,7 @@ class Square(Attack):
         m = state.margin(x_init, idx)
         if resample:  # the start is always taken; its estimate is the mean of 1 + resample evaluations
             m, _ = resampled_margin(state, x_init, idx, m, resample)
-        x_best[idx], best[idx] = x_init, m
+        x_best[idx], best[idx] = x_init, m.nan_to_num(nan=float("inf"))  # a refused start is beaten by any answer
         state.report(x_init, idx, m < 0)
 
         # Every iteration costs an active image at least ``cost``: at most n_iters - 1 follow the start.
@@ -393,6 +411,8 @@ class Square(Attack):
             else:
                 x_new = l2_proposal(x0, xb, eps, l2_window_size(p, c, h, w), rows)
             m = state.margin(x_new, idx)
+            if state.retries:  # OARS rejection sampling: a refused proposal is drawn again at the same p
+                x_new, m = _redraw_refused(state, x_new, m, idx, x_best, eps, p, cost)
             better = m < best[idx]
             if resample and bool(better.any()):  # pay the re-evaluations of the rows that look better
                 cand = torch.nonzero(better).flatten()
@@ -404,3 +424,28 @@ class Square(Attack):
                 best[idx[better]] = m[better]
             state.report(x_new, idx, m < 0)
         state.keep(x_best, torch.arange(state.n, device=x_best.device))
+
+
+def _redraw_refused(state: AttackState, x_new: torch.Tensor, m: torch.Tensor, idx: torch.Tensor,
+                    x_best: torch.Tensor, eps: float, p: float, cost: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OARS's rejection sampling for Square (Feng et al., CCS 2023): a refused proposal is replaced by a fresh one
+    (new window, new values, same p) and queried, up to ``state.retries`` times, while the image can pay it."""
+    _, c, h, w = state.x0.shape
+    for _ in range(state.retries):
+        rows = torch.nonzero(state.rejected & (state.remaining(idx) >= cost)).flatten() \
+            if state.rejected.shape == m.shape else torch.zeros(0, dtype=torch.int64, device=m.device)
+        if rows.numel() == 0:
+            break
+        i = idx[rows]
+        x0, xb, draws = state.x0[i], x_best[i], state.rng.rows(i)
+        if state.config.norm == "linf":
+            cand = linf_proposal(x0, xb, eps, linf_window_size(p, c, h, w), draws)
+        else:
+            cand = l2_proposal(x0, xb, eps, l2_window_size(p, c, h, w), draws)
+        mr = state.margin(cand, i)
+        x_new, m = x_new.clone(), m.clone()
+        x_new[rows], m[rows] = cand, mr
+        rejected = torch.zeros_like(m, dtype=torch.bool)
+        rejected[rows] = state.rejected
+        state.rejected = rejected  # the refusals of the latest answers, row-aligned with idx
+    return x_new, m

@@ -89,6 +89,9 @@ class BlackBox(ABC):
         self._check_forwards = torch.zeros(0, dtype=torch.int64)
         self.verification_forwards = 0  # uncounted forwards of success checks (clean check included)
         self.reevaluation_forwards = 0  # uncounted forwards of the final re-evaluation
+        # bool (B,): rows of the latest scores/labels call the deployment refused (a stateful detector's
+        # "rejected"); None for a black box that never refuses
+        self.last_rejected: torch.Tensor | None = None
 
     # -- capabilities -------------------------------------------------------------------------------
     @property
@@ -132,6 +135,18 @@ class BlackBox(ABC):
     def queries(self) -> torch.Tensor:
         """int64 (n,): queries charged to each sample since :meth:`start` (a copy)."""
         return self._queries.clone()
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a query-history detector screens the queries (refusals, bans: :attr:`last_rejected`,
+        :attr:`closed`). False here."""
+        return False
+
+    @property
+    def closed(self) -> torch.Tensor:
+        """bool (n,): samples whose session the deployment ended (a stateful detector's ban); their attack stops.
+        All False here."""
+        return torch.zeros_like(self._queries, dtype=torch.bool)
 
     @property
     def checks(self) -> torch.Tensor:

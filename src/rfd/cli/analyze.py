@@ -16,7 +16,7 @@ from rfd.cli.model_args import add_model_args, model_from_args
 
 __all__ = ["ANALYSES", "register"]
 
-ANALYSES = ("ratio", "theorem1", "magnitude", "approx-error", "layers", "agreement")
+ANALYSES = ("ratio", "theorem1", "magnitude", "approx-error", "layers", "agreement", "detectors")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,6 +109,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws (default 0)")
     add_common(q, device=False)
     q.set_defaults(func=run_agreement)
+
+    q = a.add_parser("detectors", help="benign false-positive rates (distinct images, re-sent changed copies) and "
+                     "queries/s of stateful detectors",
+                     description="Sends --n images of the analysis split (drawn with --seed: use one other than "
+                     "the study's) as one benign account, then the same images each followed later by a slightly "
+                     "changed copy, through each --detector; kNN thresholds come from the calibration images. "
+                     "Writes detectors.json into --out.")
+    _shared(q, n_default=1000)
+    q.add_argument("--detector", action="append", required=True, metavar="SPEC",
+                   help="a detector (blacklight, knn, knn:embedding=penultimate, ...); repeat for several")
+    q.set_defaults(func=run_detectors)
 
 
 # ------------------------------------------------------------------------------------------------ flag groups
@@ -349,4 +360,29 @@ def run_agreement(args: argparse.Namespace) -> int:
         measured.append([ly, *(next(g for g in found if g.reading == rd).measured[i].percent() for rd in readings)])
     emit(args, out, f"{args.model}: {first.images} images, mean over {', '.join(first.attacks)} at {first.budget} "
          f"queries\n{_table(measured)}\n\n{_table(rows)}\nwrote {', '.join(out['files'])}")
+    return 0
+
+
+def run_detectors(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rfd.analysis.detectors import benign_report
+    from rfd.defenses.detector_spec import parse_detector
+
+    try:
+        specs = [parse_detector(d) for d in args.detector]
+    except ValueError as exc:
+        raise CLIError(f"--detector: {exc}") from None
+    s = _setup(args)
+    found = benign_report(list(specs), benign=s["x"], calib=s["calib_x"], seed=args.seed, model=s["model"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detectors.json").write_text(json.dumps({"meta": s["meta"], "detectors": found}, indent=2))
+    rows = [["detector", "FP distinct", "FP re-sent", "queries/s"]]
+    for r in found:
+        rows.append([r["detector"], f"{100 * r['fpr_distinct']:.1f}% of {r['n_distinct']}",
+                     f"{100 * r['fpr_resend']:.1f}% of {r['n_resend']}", f"{r['queries_per_s']:.0f}"])
+    print(_table(rows))
+    print(f"wrote {out / 'detectors.json'}")
     return 0

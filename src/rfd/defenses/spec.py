@@ -12,6 +12,7 @@ Example::
     DefenseSpec(family="feature", layers=("net.layer2",), sigma=0.3, scaled=True)
     DefenseSpec(family="logits", sigma=0.1, gate=0.3)   # Aithal & Li's boundary defense
     DefenseSpec(family="feature", drop=0.02, gate=0.99)  # confidence-gated noise (Zimmer et al. 2024)
+    DefenseSpec(family="feature", drop=0.02, detector="blacklight")  # noise behind a stateful detector
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rfd.defenses.aaa import AAAConfig
+from rfd.defenses.detector_spec import DetectorSpec, parse_detector
 from rfd.defenses.families import FAMILIES, PENULTIMATE, Family, family
 
 __all__ = ["DefenseSpec", "aaa_config", "method_label"]
 
 _DICT_KEYS = ("family", "layers", "drop", "sigma", "scaled", "params")
-_PARAM_KEYS = ("aaa", "gate")  # settings beyond family and level, kept under "params" in the dict form
+_PARAM_KEYS = ("aaa", "gate", "detector")  # settings beyond family and level, kept under "params" in the dict form
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,11 @@ class DefenseSpec:
             and sigma 0.1 is the boundary defense of Aithal & Li (2022); input or feature noise with a gate near 1
             (0.97-0.99) is the confidence-gated defense of Zimmer et al. (2024). Each query then costs one clean
             forward more, and the noisy forward runs on the gated rows only.
+        detector: a stateful query-history detector in front of the (noisy) model
+            (:class:`~rfd.defenses.detector_spec.DetectorSpec`, or its text such as ``"blacklight"`` or
+            ``"knn:action=ban"``); it composes with every family, ``none`` included. It acts at the black box
+            (:class:`rfd.blackbox.stateful.StatefulBlackBox`, ``rfd serve --detector``), not in the model, so
+            the noise's calibration does not depend on it.
     """
 
     family: str = "none"
@@ -60,9 +67,12 @@ class DefenseSpec:
     scaled: bool = False
     aaa: AAAConfig = field(default_factory=AAAConfig)
     gate: float | None = None
+    detector: DetectorSpec | None = None  # text (e.g. "blacklight") is accepted too and parsed
 
     def __post_init__(self) -> None:
         fam = family(self.family)
+        if self.detector is not None:
+            object.__setattr__(self, "detector", parse_detector(self.detector))
         if self.sigma is not None:
             if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) \
                     or not math.isfinite(self.sigma) or self.sigma < 0:
@@ -112,8 +122,12 @@ class DefenseSpec:
 
     @property
     def method(self) -> str:
-        """Table label: Base, Input, Feature, Logits, AAA; a gated noise defense adds ``p<gate``."""
-        return method_label(self.family, self.gate)
+        """Table label: Base, Input, Feature, Logits, AAA; a gated noise defense adds ``p<gate``, a detector
+        ``+Blacklight`` / ``+kNN`` (a detector alone: ``Blacklight``)."""
+        label = method_label(self.family, self.gate)
+        if self.detector is None:
+            return label
+        return self.detector.label if self.family == "none" else f"{label}+{self.detector.label}"
 
     @property
     def is_noise(self) -> bool:
@@ -145,13 +159,17 @@ class DefenseSpec:
             params["aaa"] = aaa
         if self.gate is not None:
             params["gate"] = self.gate
+        if self.detector is not None:
+            params["detector"] = str(self.detector)
         return {"family": self.family, "layers": list(self.layers), "drop": self.drop, "sigma": self.sigma,
                 "scaled": self.scaled, "params": params}
 
     def calibration_dict(self) -> dict[str, Any]:
-        """What a calibrated sigma depends on (besides model, data and seed): the spec without its sigma."""
+        """What a calibrated sigma depends on (besides model, data and seed): the spec without its sigma and
+        without its detector (which acts in front of the model: noise with and without it share one sigma)."""
         d = self.to_dict()
         d.pop("sigma")
+        d["params"].pop("detector", None)
         return d
 
     @classmethod
@@ -175,6 +193,8 @@ class DefenseSpec:
             kw["aaa"] = aaa_config(params["aaa"])
         if "gate" in params:
             kw["gate"] = params["gate"]
+        if "detector" in params:
+            kw["detector"] = params["detector"]
         return cls(**kw)
 
 

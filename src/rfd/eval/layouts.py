@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_READINGS", "LAYOUTS", "PAPER_TABLES", "TABLE_KINDS", "Layout
            "resolve_kind"]
 
 DEFAULT_READINGS = ("paper", "strict")
-TABLE_KINDS = ("robust", "decision", "strength", "layer", "eot", "lucky", "runs")
+TABLE_KINDS = ("robust", "decision", "strength", "layer", "eot", "lucky", "runs", "detection")
 PAPER_TABLES = {"1": "robust", "2": "robust", "4": "robust", "9": "robust", "5": "decision", "10": "decision",
                 "11": "decision", "3": "strength", "6": "layer", "14": "layer", "7": "eot", "15": "lucky"}
 
@@ -278,10 +278,48 @@ def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, r
                  "the check but misclassified in at most half of the re-evaluation forwards)", t, _notes(runs))
 
 
+def detection_metrics(g: pd.DataFrame) -> dict[str, float]:
+    """Stateful-detector figures of one run's samples ``g`` (NaN without a detector), over the attacked images
+    (clean-correct ones): ``detected`` % flagged at least once, ``first_flag`` median query number of the first
+    flag among them, ``flagged`` % of all their queries flagged, ``queries`` their mean queries charged, rejected
+    ones included."""
+    att = g[g.clean_correct]
+    if len(att) == 0 or att.flagged.isna().any():
+        return {"detected": math.nan, "first_flag": math.nan, "flagged": math.nan, "queries": math.nan}
+    hit = att.first_flag > 0
+    spent = float(att.queries.sum())
+    return {"detected": 100.0 * float(hit.mean()),
+            "first_flag": float(att.first_flag[hit].median()) if hit.any() else math.nan,
+            "flagged": 100.0 * float(att.flagged.sum()) / spent if spent else math.nan,
+            "queries": float(att.queries.mean())}
+
+
+def _detection(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:
+    _check_unique(runs, ["model", "method_label", "level", "attack_label"], "detection")
+    budget_of = _budget_of(runs, budget)
+    by_run = dict(tuple(res.samples.groupby("run_id")))
+    recs = []
+    for _, r in runs.iterrows():
+        g = by_run.get(r.run_id, res.samples.iloc[:0])
+        rec = {"model": r.model, "method_label": r.method_label, "level": r.level, "attack_label": r.attack_label}
+        for rd in rds:
+            rec[f"robust {rd}"] = robust_estimate_of(g, budget_of[r.run_id], rd)
+        m = detection_metrics(g)
+        rec.update({"detected %": m["detected"], "first flag (median q)": m["first_flag"],
+                    "queries flagged %": m["flagged"], "queries (mean, rejected incl.)": m["queries"]})
+        recs.append(rec)
+    long = pd.DataFrame(recs)
+    t = long.set_index(["model", "method_label", "level", "attack_label"])
+    t.index.names = ["Model", "Method", "Drop", "Attack"]
+    return Table("detection", "Stateful detection: robust accuracy (%) and detector figures per run (detected = "
+                 "attacked images flagged at least once; first flag = median query number of the first flag)", t,
+                 _notes(runs))
+
+
 # A layout: (results, labelled runs, budgets shown as columns, the single budget or None, readings) -> Table.
 Layout = Callable[[Results, pd.DataFrame, list[int], int | None, Sequence[str]], Table]
 LAYOUTS: dict[str, Layout] = {"robust": _robust, "decision": _decision, "strength": _strength, "layer": _layer,
-                              "eot": _eot, "lucky": _lucky, "runs": _runs}
+                              "eot": _eot, "lucky": _lucky, "runs": _runs, "detection": _detection}
 
 
 def build_table(res: Results, kind: str, *, budgets: Sequence[int] | None = None, budget: int | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rfd.defenses.detector_spec import parse_detector
 from rfd.defenses.spec import DefenseSpec
 from rfd.eval.specs import AttackSpec, ModelSpec, Study
 from rfd.jsonable import freeze
@@ -358,6 +359,32 @@ def model_set(scale: Scale) -> Study:
                               "next to fmnist-vgg, paired draws")
 
 
+# The stateful preset's size: Blacklight's and OARS's evaluations run a few thousand queries per image; on 2 CPU
+# cores Blacklight's hashing (~1600 queries/s) makes the full size take hours, so cpu runs 20 images x 1000.
+_STATEFUL = {"full": (100, 2000), "cpu": (20, 1000)}
+
+
+def stateful(scale: Scale) -> Study:
+    """Stateful detection composed with noise (issue: Blacklight, kNN, OARS): Square, NES (l_inf 0.05) and
+    HopSkipJump (l_inf 0.05), each plain, with EOT (M = 5 forwards per query) and as OARS (exploration of the
+    perturbation scale, then rejection sampling), against no defense, Blacklight, kNN (pixels), feature noise at
+    a 2% drop, and the same noise behind Blacklight, on fmnist-vgg. Detectors reject
+    flagged queries (charged, unanswered), one account per attacked image. Paired draws and images; cpu: 20
+    images and 1000 queries (the full scale: 100 images, 2000 queries)."""
+    n, b = _STATEFUL[scale.name]
+    feature = DefenseSpec(family="feature", drop=0.02)
+    blacklight, knn = parse_detector("blacklight"), parse_detector("knn")
+    defenses = (_NONE, DefenseSpec(family="none", detector=blacklight), DefenseSpec(family="none", detector=knn),
+                feature, feature.replace(detector=blacklight))
+    attacks = tuple(
+        AttackSpec(name=a, eps=0.05, budget=b, eot=m, params=freeze({"oars": True} if oars else {}),
+                   label=f"{a}{' EOT5' if m > 1 else ''}{' OARS' if oars else ''}")
+        for a in ("square", "nes", "hsja") for m, oars in ((1, False), (5, False), (1, True)))
+    return _study("stateful", scale, _models("fmnist-vgg"), defenses, attacks, n=n, checkpoints=(b,),
+                  description="plain, EOT and OARS attacks vs Blacklight, kNN, feature noise at a 2% drop and noise "
+                              "behind Blacklight, paired draws")
+
+
 PRESETS: dict[str, Preset] = {p.table: p for p in (
     Preset("2", "Table 2: score-based attacks", "robust", table2),
     Preset("3", "Table 3: attack strength", "strength", table3),
@@ -381,6 +408,8 @@ PRESETS: dict[str, Preset] = {p.table: p for p in (
     Preset("model-set", "Model-set randomization (three reference models at random)", "robust", model_set),
     Preset("output-defenses", "Boundary defense and confidence-gated noise next to input/feature noise", "robust",
            output_defenses),
+    Preset("stateful", "Stateful detectors (Blacklight, kNN) with noise, against plain, EOT and OARS attacks",
+           "detection", stateful),
     Preset("wide-resnet", "The wider attack set on fmnist-resnet", "robust", _per_model(wide, "fmnist-resnet")),
     Preset("wide-vit", "The wider attack set on fmnist-vit", "robust", _per_model(wide, "fmnist-vit")),
 )}

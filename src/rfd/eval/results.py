@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rfd.attacks.readings import robust_estimate, robust_values
+from rfd.defenses.detector_spec import parse_detector
 from rfd.defenses.families import FAMILIES
 from rfd.defenses.spec import method_label
 from rfd.eval.store import SAMPLE_COLUMNS, ResultStore
@@ -37,6 +39,18 @@ class Results:
         return Results(runs, self.samples[self.samples.run_id.isin(runs.run_id)], self.budgets)
 
 
+def _method(d: dict[str, Any]) -> str:
+    """The table label of a stored defense (its spec's label; the family name for an unknown family)."""
+    if d["family"] not in FAMILIES:
+        return str(d["family"])
+    params = d.get("params") or {}
+    label = method_label(d["family"], params.get("gate"))
+    if params.get("detector"):
+        det = parse_detector(params["detector"]).label
+        label = det if d["family"] == "none" else f"{label}+{det}"
+    return label
+
+
 def load_results(db: str | os.PathLike[str]) -> Results:
     """Everything a report needs from the store ``db`` (which must exist)."""
     with ResultStore(db, create=False) as store:
@@ -46,7 +60,7 @@ def load_results(db: str | os.PathLike[str]) -> Results:
     samples = pd.DataFrame(rows, columns=["run_id", "chunk", *SAMPLE_COLUMNS])
     for c in ("clean_correct", "success"):
         samples[c] = samples[c].astype(bool)
-    for c in ("p_wrong", "clean_p_wrong"):
+    for c in ("p_wrong", "clean_p_wrong", "flagged", "rejected", "first_flag"):
         samples[c] = pd.to_numeric(samples[c], errors="coerce").astype(float)  # NULL -> NaN
     recs = []
     for r in runs:
@@ -58,14 +72,14 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "run_id": r["run_id"], "key": r["key"],
             "model": labels.get("model") or ident["model"]["name"],
             "family": d["family"],
-            "method": (method_label(d["family"], (d.get("params") or {}).get("gate")) if d["family"] in FAMILIES
-                       else d["family"]),
+            "method": _method(d),
             "layers": layers if d["family"] == "feature" else ("input" if d["family"] == "input" else ""),
             "scaled": bool(d.get("scaled")), "target_drop": d.get("drop"), "sigma_fixed": d.get("sigma"),
             "sigma": cfg.get("sigma"), "gate": (d.get("params") or {}).get("gate"),
             # the gate is in the method label and its own column; the rest (AAA settings) labels by its JSON
-            "defense_params": json.dumps({k: v for k, v in (d.get("params") or {}).items() if k != "gate"},
-                                         sort_keys=True),
+            "detector": (d.get("params") or {}).get("detector"),
+            "defense_params": json.dumps({k: v for k, v in (d.get("params") or {}).items()
+                                          if k not in ("gate", "detector")}, sort_keys=True),
             "attack": labels.get("attack") or a["name"], "attack_name": a["name"], "norm": a["norm"],
             "eps": a["eps"], "eot": a["eot"], "budget": a["budget"], "verify": a["verify"],
             "check": a.get("check", "free"), "reevaluate": a.get("reevaluate"), "output": a.get("output", "logits"),
@@ -76,7 +90,7 @@ def load_results(db: str | os.PathLike[str]) -> Results:
             "rfd_version": r["rfd_version"],
         })
     cols = ["run_id", "key", "model", "family", "method", "layers", "scaled", "target_drop", "sigma_fixed", "sigma",
-            "gate", "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate",
+            "gate", "detector", "defense_params", "attack", "attack_name", "norm", "eps", "eot", "budget", "verify", "check", "reevaluate",
             "output", "seeding", "calibration_converged",
             "params", "n_expected", "seed", "study", "rfd_version"]
     runs_df = pd.DataFrame(recs, columns=cols)

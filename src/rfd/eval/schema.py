@@ -16,11 +16,14 @@ Example (YAML)::
       - none
       - {family: feature, drops: [0.02]}     # sigma calibrated to a 2% clean-accuracy drop
       - {family: input, sigmas: [0.05]}      # or a fixed sigma
+      - {family: feature, drops: [0.02], detector: [none, blacklight]}  # noise alone, and behind a detector
+      - {family: none, detector: knn}        # a stateful detector alone (rfd.defenses.detector_spec)
     attacks:
       - {name: square, norm: linf, eps: 0.05}
       - {name: square, verify: 100}          # the "strict check": 100 votes decide a claim (its stop rule)
       - {name: square, check: charged}       # the check's votes are paid from the budget
       - {name: nes, output: [probs, topk:3, rounded:2]}  # what the attacker sees (rfd.blackbox.outputs)
+      - {name: nes, params: {oars: true}}    # OARS, the adaptive attack on stateful detectors
       - rays
     reevaluate: 100             # fresh forwards re-classifying every final image (strict/expected readings)
     output: logits              # the default output setting of every attack entry
@@ -159,7 +162,8 @@ _TOP_KEYS = ("name", "description", "models", "defenses", "attacks", "n", "seed"
              "verify", "check", "reevaluate", "eot", "output", "chunk_size", "data", "calibration")
 _MODEL_KEYS = ("name", "checkpoint", "factory", "label", "options")
 _DATA_KEYS = ("dataset", "eval_split", "calib_split", "path", "calib_images", "options")
-_DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "aaa", "gate")
+_DEFENSE_KEYS = ("family", "layer", "layers", "drop", "drops", "sigma", "sigmas", "scaled", "aaa", "gate",
+                 "detector")
 _ATTACK_KEYS = ("name", "norm", "eps", "budget", "eot", "verify", "check", "reevaluate", "output", "params",
                 "sweep", "label")
 
@@ -294,10 +298,14 @@ def _parse_defense(raw: Any, where: str) -> list[DefenseSpec]:
     levels: list[tuple[float | None, float | None]] = [(d, None) for d in drops] + [(None, s) for s in sigmas]
     scaled = e.get_bool("scaled", False)
     gate = _as_float(e.raw["gate"], f"{where}.gate") if e.has("gate") else None
+    raw_det = e.raw.get("detector") if e.has("detector") else None
+    detectors = raw_det if isinstance(raw_det, list) else [raw_det]  # a list: one defense per detector
+    detectors = [None if d is None or (isinstance(d, str) and d.strip().lower() == "none") else d for d in detectors]
     try:
         aaa = aaa_config(e.get_mapping("aaa"))
-        return [DefenseSpec(family=family, layers=ls, drop=d, sigma=s, scaled=scaled, aaa=aaa, gate=gate)
-                for ls in layer_sets for d, s in levels or [(None, None)]]
+        return [DefenseSpec(family=family, layers=ls, drop=d, sigma=s, scaled=scaled, aaa=aaa, gate=gate,
+                            detector=det)
+                for det in detectors for ls in layer_sets for d, s in levels or [(None, None)]]
     except ValueError as exc:  # "key: problem" from DataSpec names the key
         key, sep, problem = str(exc).partition(": ")
         raise StudyError(f"{where}.{key}: {problem}" if sep and key in _DATA_KEYS else f"{where}: {exc}") from None

@@ -99,6 +99,11 @@ class AttackSpec:
             problem = self.make_attack(seed=0).output_problem(out)
             if problem:
                 raise StudyError(problem)
+        elif dict(self.params).get("oars"):  # OARS exists for some attacks only: say so when the study is read
+            try:
+                self.make_attack(seed=0)
+            except ValueError as exc:
+                raise StudyError(f"attack {self.name!r}: {exc}") from None
 
     def make_attack(self, seed: int) -> Attack:
         """The attack this setting describes, with ``seed`` (unknown settings fail naming the valid ones)."""
@@ -184,6 +189,8 @@ def _defense_entry(d: DefenseSpec) -> dict[str, Any]:
         e["aaa"] = aaa
     if d.gate is not None:
         e["gate"] = d.gate
+    if d.detector is not None:
+        e["detector"] = str(d.detector)
     return e
 
 

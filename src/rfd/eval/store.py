@@ -13,7 +13,9 @@ Tables:
   image).
 
 Schema version 2 added the per-sample checks and re-evaluation; a version-1 store is migrated in place when
-opened (new columns NULL: its strict and expected readings are unknown, its paper reading unchanged).
+opened (new columns NULL: its strict and expected readings are unknown, its paper reading unchanged). Version 3
+added the stateful detector's per-sample counts (``flagged``, ``rejected``, ``first_flag``; NULL for runs without a
+detector); older stores gain the columns (NULL) when opened.
 
 A killed process loses at most the chunk it was computing; a finished chunk is never written twice (a second
 write of identical rows is a no-op, of different rows a :class:`StoreConflict`).
@@ -37,7 +39,7 @@ from rfd import __version__
 __all__ = ["SAMPLE_COLUMNS", "SCHEMA_VERSION", "ChunkInfo", "ResultStore", "SampleRow", "StoreConflict", "StoreError",
            "canonical", "row_from_tuple"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -87,6 +89,9 @@ CREATE TABLE IF NOT EXISTS samples (
     claims TEXT,                    -- JSON list: query count at each claim
     p_wrong REAL,                   -- re-evaluation of the final image of a broken sample (NULL otherwise)
     clean_p_wrong REAL,             -- re-evaluation of the clean image
+    flagged INTEGER,                -- stateful detector: forwards flagged (NULL: no detector)
+    rejected INTEGER,               -- forwards refused (flagged under reject/ban, and all after a ban)
+    first_flag INTEGER,             -- query number of the first flagged forward (-1: never flagged)
     UNIQUE (run_id, sample)
 );
 CREATE INDEX IF NOT EXISTS samples_run_chunk ON samples (run_id, chunk);
@@ -118,12 +123,16 @@ class SampleRow:
     claims: str | None = None  # JSON list of ints
     p_wrong: float | None = None
     clean_p_wrong: float | None = None
+    flagged: int | None = None  # stateful detector only (None: no detector)
+    rejected: int | None = None
+    first_flag: int | None = None
 
     def key(self) -> tuple[Any, ...]:
         """Values as stored (bools as ints), for exact comparison with rows read back."""
         return (self.sample, self.dataset_index, self.label, int(self.clean_correct), int(self.success),
                 self.queries, float(self.linf), float(self.l2), self.checks, self.check_forwards, self.claims,
-                _opt_float(self.p_wrong), _opt_float(self.clean_p_wrong))
+                _opt_float(self.p_wrong), _opt_float(self.clean_p_wrong), self.flagged, self.rejected,
+                self.first_flag)
 
 
 def _opt_float(v: float | None) -> float | None:
@@ -188,6 +197,8 @@ class ResultStore:
                 self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
             elif int(row[0]) == 1:
                 self._migrate_from_1()
+            elif int(row[0]) == 2:
+                self._migrate_from_2()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this rfd reads version {SCHEMA_VERSION}")
 
@@ -200,8 +211,21 @@ class ResultStore:
                 self.conn.execute(f"ALTER TABLE samples ADD COLUMN {col} {typ}")
         if "reevaluation_forwards" not in {r[1] for r in self.conn.execute("PRAGMA table_info(chunks)")}:
             self.conn.execute("ALTER TABLE chunks ADD COLUMN reevaluation_forwards INTEGER")
+        self._add_detector_columns()
         self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_from', '1')")
+
+    def _migrate_from_2(self) -> None:
+        """Schema 2 -> 3 inside the caller's transaction: add the detector columns as NULL."""
+        self._add_detector_columns()
+        self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_from', '2')")
+
+    def _add_detector_columns(self) -> None:
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
+        for col in ("flagged", "rejected", "first_flag"):
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE samples ADD COLUMN {col} INTEGER")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -401,8 +425,12 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 
 def row_from_tuple(t: Sequence[Any]) -> SampleRow:
     """A :class:`SampleRow` from a stored tuple in SAMPLE_COLUMNS order."""
-    s, di, lab, cc, su, q, li, l2, k, kf, cl, pw, cpw = t
+    s, di, lab, cc, su, q, li, l2, k, kf, cl, pw, cpw, fl, rj, ff = t
     return SampleRow(int(s), int(di), int(lab), bool(cc), bool(su), int(q), float(li), float(l2),
-                     None if k is None else int(k), None if kf is None else int(kf), cl, _opt_float(pw),
-                     _opt_float(cpw))
+                     _opt_int(k), _opt_int(kf), cl, _opt_float(pw), _opt_float(cpw), _opt_int(fl), _opt_int(rj),
+                     _opt_int(ff))
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
 

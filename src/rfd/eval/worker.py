@@ -23,6 +23,7 @@ from torch import nn
 from rfd.attacks.base import Attack
 from rfd.data.source import EvalData, select_data
 from rfd.defenses.spec import DefenseSpec
+from rfd.detect.base import Detector
 from rfd.eval.cells import Cell, expand_cells
 from rfd.eval.resources import build_model
 from rfd.eval.seeds import content_key, derive_seed
@@ -114,6 +115,7 @@ class WorkerContext:
         self._models: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
         self._defended: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
         self._cells: dict[Study, list[Cell]] = {}
+        self._detectors: dict[tuple[Any, ...], Detector] = {}
         self.max_models = max_models
         self.max_defended = max_defended
 
@@ -121,6 +123,23 @@ class WorkerContext:
         if study not in self._cells:
             self._cells = {study: expand_cells(study)}  # one study at a time: keep only the latest
         return self._cells[study]
+
+    def detector(self, study: Study, cell: Cell, device: str) -> Detector | None:
+        """The cell's stateful detector (None without one), built once per (model, detector): its salt from the
+        study seed (one deployment secret for the whole study: every defense meets the same detector), a kNN
+        threshold from the study's calibration images. Histories are emptied at every attack (``start``)."""
+        spec = cell.defense.detector
+        if spec is None:
+            return None
+        from rfd.detect import build_detector
+
+        key = (cell.model, device, str(spec), study.seed)
+        if key not in self._detectors:
+            model = self.model(cell.model, device)
+            benign = self.data(study).calib_images.to(device) if spec.kind == "knn" else None
+            self._detectors[key] = build_detector(spec, seed=derive_seed(study.seed, "detector"), model=model,
+                                                  benign=benign)
+        return self._detectors[key]
 
     def data(self, study: Study) -> EvalData:
         return select_data(study.data, study.n, study.seed)
@@ -175,7 +194,9 @@ def default_context() -> WorkerContext:
 
 def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress: bool = False) -> ChunkOutput:
     """Attack the images of one chunk and return one row per image (nothing is written here)."""
+    from rfd.blackbox.base import BlackBox
     from rfd.blackbox.local import LocalBlackBox
+    from rfd.blackbox.stateful import StatefulBlackBox
 
     ctx = ctx or default_context()
     study = task.study
@@ -196,18 +217,27 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
         manual_seed(task.noise_seed)
     attack = make_cell_attack(cell.attack, seed)
     a = cell.attack
-    bb = LocalBlackBox(defended, access=attack.blackbox_access(), output=a.output, budget=a.budget,
-                       verify=a.verify, check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
+    bb: BlackBox = LocalBlackBox(defended, access=attack.blackbox_access(), output=a.output, budget=a.budget,
+                                 verify=a.verify, check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
+    detector = ctx.detector(study, cell, task.device)
+    if detector is not None:
+        bb = StatefulBlackBox(bb, detector)
     t0 = time.perf_counter()
     res = attack.run(bb, x, y, progress=progress)
     elapsed = time.perf_counter() - t0
     didx = data.dataset_index[start:stop].tolist()
     labels = y.tolist()
+    n = len(labels)
+    if isinstance(bb, StatefulBlackBox):
+        flagged, rejected, first = bb.flagged.tolist(), bb.rejected.tolist(), bb.first_flag.tolist()
+    else:
+        flagged = rejected = first = [None] * n
     rows = tuple(
         SampleRow(sample=start + i, dataset_index=int(didx[i]), label=int(labels[i]),
                   clean_correct=r["clean_correct"], success=r["success"], queries=r["queries"], linf=r["linf"],
                   l2=r["l2"], checks=r["checks"], check_forwards=r["check_forwards"],
-                  claims=json.dumps(r["claims"]), p_wrong=r["p_wrong"], clean_p_wrong=r["clean_p_wrong"])
+                  claims=json.dumps(r["claims"]), p_wrong=r["p_wrong"], clean_p_wrong=r["clean_p_wrong"],
+                  flagged=flagged[i], rejected=rejected[i], first_flag=first[i])
         for i, r in enumerate(res.records())
     )
     info = ChunkInfo(chunk=task.chunk, seed=seed, n_samples=len(rows), queries=int(bb.queries.sum()),
