@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
 from rfd.defenses.detector_spec import DetectorSpec
 from rfd.detect import BlacklightDetector, false_positive_rate
-from rfd.detect.blacklight import blacklight_fingerprints
+from rfd.detect.blacklight import PAD, blacklight_fingerprints
 
 
 def _det(**kw) -> BlacklightDetector:
@@ -35,6 +37,68 @@ def test_near_duplicates_are_flagged_from_the_second_query(bundled_eval):
     assert not bool(flags[0]) and bool(flags[1:].all())
     again = det.check(x, [0])  # the exact image re-sent
     assert bool(again[0])
+
+
+def _noisy(x: torch.Tensor, n: int, eps: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (x + (torch.rand(n, *x.shape[1:], generator=g) * 2 - 1) * eps).clamp(0, 1)
+
+
+def test_small_noise_near_duplicates_are_flagged(bundled_eval):
+    # x, then x + U(-0.01, 0.01) probes: 2.55 levels on the 0-255 scale change ~2.5% of the quantized values, so
+    # ~78% of 10-value windows and ~60% of 20-value windows repeat
+    for window, least in ((10, 1.0), (20, 0.85)):
+        det = _det(window=window)
+        flagged = []
+        for i in range(5):
+            x = bundled_eval.images[i: i + 1]
+            seq = torch.cat([x, _noisy(x, 15, 0.01, seed=i)])
+            f, _ = det.observe([i] * 16, det.signatures(seq))
+            assert not bool(f[0])
+            flagged.append(f[1:])
+        assert float(torch.cat(flagged).float().mean()) >= least
+
+
+def _reference_fingerprint(img: torch.Tensor, salt: torch.Tensor, window: int, stride: int, step: int, top: int,
+                           skip_flat: bool) -> list[int]:
+    """The definition, one window at a time."""
+    raw = [int(v) for v in torch.round(img * 255).flatten().tolist()]
+    q = bytes(((r + int(s)) % 256) // step for r, s in zip(raw, salt.flatten().tolist(), strict=True))
+    keys = set()
+    for j in range(0, len(q) - window + 1, stride):
+        if skip_flat and len(set(raw[j: j + window])) == 1:
+            continue
+        keys.add(int.from_bytes(hashlib.sha256(q[j: j + window]).digest()[:8], "big"))
+    kept = sorted(keys)[:top]
+    return [k - 2**64 if k >= 2**63 else k for k in kept] + [PAD + i for i in range(top - len(kept))]
+
+
+@pytest.mark.parametrize("window, stride, step, top, skip_flat", [
+    (20, 1, 50, 50, True), (20, 1, 50, 50, False), (28, 4, 50, 50, True), (30, 7, 10, 20, False),
+    (700, 10, 50, 50, True),  # 9 windows: padded
+])
+def test_fingerprints_follow_the_definition(bundled_eval, window, stride, step, top, skip_flat):
+    x = torch.cat([bundled_eval.images[:6], bundled_eval.images[:1], torch.zeros(1, 1, 28, 28)])
+    salt = torch.randint(0, 256, (1, 28, 28), generator=torch.Generator().manual_seed(3))
+    got = blacklight_fingerprints(x, salt, window=window, stride=stride, step=step, top=top, skip_flat=skip_flat)
+    want = [_reference_fingerprint(img, salt, window, stride, step, top, skip_flat) for img in x]
+    assert got.tolist() == want
+
+
+def test_padding_never_matches():
+    # a blank image has no informative window (skip_flat): all padding, so re-sending it is never a match
+    det = _det()
+    blank = torch.zeros(3, 1, 28, 28)
+    sig = det.signatures(blank)
+    assert bool((sig < PAD + 50).all())
+    _, scores = det.observe([0, 0, 0], sig)
+    assert scores.tolist() == [0.0, 0.0, 0.0] and det.index_entries() == 0
+
+
+def test_info_does_not_reveal_the_salt():
+    det = BlacklightDetector(DetectorSpec(kind="blacklight"), salt_seed=123456789)
+    assert "123456789" not in repr(det.info()) and "123456789" not in repr(det)
+    assert not any("salt" in k for k in det.info())
 
 
 def test_distinct_test_images_are_not_flagged(bundled_eval):
@@ -92,6 +156,36 @@ def test_cap_evicts_the_oldest_queries(bundled_eval):
     uncapped = _det()
     uncapped.observe([0] * 300, uncapped.signatures(imgs))
     assert det.index_entries() < uncapped.index_entries() / 2
+
+
+def _reference_scores(fps: torch.Tensor, cap: int | None) -> list[float]:
+    """Most real hashes each fingerprint shares with one of the (last cap) earlier ones, by brute force."""
+    sets = [{h for h in row if h >= PAD + fps.shape[1]} for row in fps.tolist()]
+    lo = (lambda i: 0) if cap is None else (lambda i: max(0, i - cap))
+    return [float(max((len(s & sets[j]) for j in range(lo(i), i)), default=0)) for i, s in enumerate(sets)]
+
+
+@pytest.mark.parametrize("cap", [None, 7, 60])
+def test_scores_with_cap_and_compaction_equal_brute_force(bundled_eval, cap):
+    # near-duplicate walks of 4 images interleaved with distinct ones: shared postings, evictions, compactions
+    walks = [_square_walk(bundled_eval.images[i: i + 1], 30, seed=i) for i in range(4)]
+    order = torch.randperm(4 * 31 + 100, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([*walks, bundled_eval.images[10:110]])[order]
+    det = _det(cap=cap)
+    sig = det.signatures(x)
+    # in calls of various sizes, and the first 50 restored (a restart)
+    det.restore(0, sig[:50])
+    parts = [det.observe([0] * (b - a), sig[a:b])[1] for a, b in ((50, 51), (51, 90), (90, 91), (91, 224))]
+    want = _reference_scores(sig, cap)[50:]
+    assert torch.cat(parts).tolist() == want
+    assert det.history_size(0) == (224 if cap is None else cap)
+
+
+def test_bad_signatures_fail_clearly():
+    with pytest.raises(ValueError, match="int64"):
+        _det().observe([0], torch.zeros(1, 49, dtype=torch.int64))
+    with pytest.raises(ValueError, match="int64"):
+        _det().restore(0, torch.zeros(1, 50))
 
 
 def test_accounts_are_separate_and_reset_forgets(bundled_eval):

@@ -24,6 +24,12 @@ _BAD = [
     ("knn:action=drop", "action"),
     ("blacklight:window", "key=value"),
     ("knn:fpr=2", "false-positive"),
+    ("blacklight:skip_flat=maybe", "true or false"),
+    ("blacklight:cap=0", "cap"),
+    ("blacklight:step=300", "0-255"),
+    ("knn:embedding=logits", "embedding"),
+    ({"window": 20}, "needs kind"),
+    (20, "a name"),
 ]
 
 
@@ -31,6 +37,12 @@ _BAD = [
 def test_bad_specs_fail_clearly(bad, msg):
     with pytest.raises(ValueError, match=msg):
         parse_detector(bad)
+
+
+def test_text_form_names_only_changed_settings():
+    assert str(DetectorSpec(kind="blacklight")) == "blacklight"
+    assert str(parse_detector({"kind": "knn", "k": 20, "action": "ban"})) == "knn:action=ban,k=20"
+    assert parse_detector(" blacklight : window = 10 , stride = 1 ").window == 10
 
 
 def test_defense_with_detector_labels_stores_and_shares_its_calibration():

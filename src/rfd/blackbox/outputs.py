@@ -160,7 +160,9 @@ class OutputSpec:
         scores = body.get("scores")
         if not isinstance(scores, list):
             raise ValueError(f"an answer of output {self} needs a 'scores' list")
-        return torch.tensor(scores, dtype=torch.float32).reshape(len(scores), num_classes)
+        nan_row = [math.nan] * num_classes  # a row a stateful server refused comes as null
+        return torch.tensor([nan_row if r is None else r for r in scores], dtype=torch.float32).reshape(
+            len(scores), num_classes)
 
 
 def parse_output(text: str | OutputSpec) -> OutputSpec:

@@ -216,7 +216,7 @@ class RemoteBlackBox(BlackBox):
     def _predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward on the server (several requests when x is larger than a request may be)."""
         role = "verify" if self._verifying else "attack"
-        scores, labels = [], []
+        scores, labels, refused = [], [], []
         for i in range(0, x.shape[0], self.max_batch):
             chunk = x[i: i + self.max_batch]
             answer = self._call("POST", "/v1/predict", key=self._keys[role], body=encode_float32(chunk))
@@ -224,6 +224,8 @@ class RemoteBlackBox(BlackBox):
                 raise RemoteError(f"server answered {answer.get('n')} images for {chunk.shape[0]} sent")
             self.sent[role] += chunk.shape[0]
             labels.append(torch.tensor(answer["labels"], dtype=torch.int64))
+            # a server with a stateful detector says which images it refused (label -1, no scores)
+            refused.append(torch.tensor(answer.get("rejected") or [False] * chunk.shape[0], dtype=torch.bool))
             if self.server_output.scores:
                 try:
                     scores.append(self.server_output.from_json(answer, self._num_classes))
@@ -231,6 +233,8 @@ class RemoteBlackBox(BlackBox):
                     raise RemoteError(f"server answer does not match its output setting {self.server_output}: "
                                       f"{e}") from None
         out = {"labels": torch.cat(labels)}
+        if role == "attack":
+            self.last_rejected = torch.cat(refused)
         if scores:
             out["scores"] = torch.cat(scores)
         return out

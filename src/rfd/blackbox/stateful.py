@@ -24,7 +24,9 @@ detector (in ``check="charged"`` mode the votes are charged, as always, but not 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -32,7 +34,7 @@ import torch
 from rfd.blackbox.base import BlackBox
 from rfd.detect.base import Detector
 
-__all__ = ["Accounts", "StatefulBlackBox", "group_ranks"]
+__all__ = ["Accounts", "StatefulBlackBox", "detection_figures", "group_ranks"]
 
 Accounts = Literal["sample", "shared"]
 
@@ -221,3 +223,22 @@ def group_ranks(keys: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(pos)
     ranks[order] = pos - group_start
     return ranks
+
+
+def detection_figures(flagged: Sequence[float], first_flag: Sequence[float], queries: Sequence[float]
+                      ) -> dict[str, float]:
+    """What a detector did to one attack, over its attacked images (per image: forwards flagged, query number
+    of the first flag (<= 0: never), queries charged): ``detected`` % of images flagged at least once,
+    ``first_flag`` median query number of the first flag among them, ``flagged`` % of all queries flagged,
+    ``queries`` mean queries charged (rejected ones included). NaN where there is nothing to measure."""
+    n = len(queries)
+    if n == 0:
+        return {"detected": math.nan, "first_flag": math.nan, "flagged": math.nan, "queries": math.nan}
+    hits = sorted(float(f) for f in first_flag if f > 0)
+    spent = float(sum(queries))
+    median = math.nan
+    if hits:
+        mid = len(hits) // 2
+        median = hits[mid] if len(hits) % 2 else (hits[mid - 1] + hits[mid]) / 2
+    return {"detected": 100.0 * len(hits) / n, "first_flag": median,
+            "flagged": 100.0 * float(sum(flagged)) / spent if spent else math.nan, "queries": spent / n}

@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eot", type=int, default=1, help="forwards averaged per loss evaluation; each one is a query")
     add_output_arg(p, what="what the attacker sees of each answer", default=None,
                    default_text="logits; with --remote, the server's setting")
+    g = p.add_argument_group("stateful detector (query history)")
+    g.add_argument("--detector", default=None, metavar="SPEC",
+                   help="a query-history detector in front of the model, e.g. blacklight, knn, "
+                   "blacklight:action=ban (one account per attacked image); OARS, the adaptive attack against "
+                   "it: --attack-arg oars=true (square, nes, hsja)")
+    g.add_argument("--detector-seed", type=int, default=0,
+                   help="the detector's secret salt seed (Blacklight; default 0)")
     p.add_argument("--attack-arg", action="append", default=None, metavar="KEY=VALUE",
                    help="an attack setting of its config, repeatable, e.g. --attack-arg p_init=0.1 (VALUE as JSON)")
     p.add_argument("--output-images", default=None, metavar="PATH",
@@ -108,9 +115,22 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
                          budget=budget, verify=args.verify, check=args.check, reevaluate=args.reevaluate)
 
 
+def _with_detector(args: argparse.Namespace, bb: Any, model: nn.Module, calib: torch.Tensor) -> Any:
+    """``bb`` behind the --detector (kNN thresholds from the calibration images, the clean model's features)."""
+    from rfd.blackbox.stateful import StatefulBlackBox
+    from rfd.detect import build_detector, parse_detector
+
+    try:
+        spec = parse_detector(args.detector)
+    except ValueError as exc:
+        raise CLIError(f"--detector: {exc}") from None
+    return StatefulBlackBox(bb, build_detector(spec, seed=args.detector_seed, model=model, benign=calib))
+
+
 def run(args: argparse.Namespace) -> int:
     from rfd.attacks import make_attack
     from rfd.blackbox import RemoteError
+    from rfd.blackbox.stateful import detection_figures
     from rfd.data import select_data
     from rfd.eval.presets import model_eps
 
@@ -133,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     defended, info = defend_from_args(args, model, data, indices)
     try:
         bb = make_blackbox(args, defended, access=attack.blackbox_access(), budget=args.budget)
+        if args.detector:
+            bb = _with_detector(args, bb, model, selected.calib_images.to(device))
         t0 = time.perf_counter()
         res = attack.run(bb, x, y, progress=not args.quiet)
         elapsed = time.perf_counter() - t0
@@ -154,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         "elapsed_s": elapsed, "verification_forwards": res.verification_forwards, "attack_config": res.config,
         "defense": info,
     }
+    if args.detector:
+        att = res.clean_correct
+        det = detection_figures(bb.flagged[att].tolist(), bb.first_flag[att].tolist(), bb.queries[att].tolist())
+        payload["detector"] = {"spec": str(bb.detector.spec), **det}
     if args.remote:  # what the server says about itself, and the images it was sent (queries + success checks)
         payload["remote"] = {"url": args.remote, "server": bb.info, "images_sent": bb.sent}
     if args.output_images:
@@ -170,6 +196,10 @@ def run(args: argparse.Namespace) -> int:
     lines.append(f"  {int(res.success.sum())} broken by the check, {summary['lucky']} of them lucky (misclassified "
                  f"in at most half of the re-evaluation forwards); queries median {summary['queries_median']:.1f}; "
                  f"{summary['checks']} checks, {summary['check_forwards']} check forwards; {elapsed:.1f} s")
+    if args.detector:
+        d = payload["detector"]
+        lines.append(f"  detector {d['spec']}: {d['detected']:.0f}% of attacked images flagged (first flag at query "
+                     f"{d['first_flag']:.0f}, median), {d['flagged']:.1f}% of their queries flagged")
     text = "\n".join(lines)
     emit(args, payload, text)
     return 0

@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest request body in bytes, refused before it is read (default 8 MiB)")
     p.add_argument("--expose-defense-params", action="store_true",
                    help="let /v1/info show the defense's sigma, layers and calibration (default: only its kind)")
+    p.add_argument("--detector", default=None, metavar="SPEC",
+                   help="a stateful detector per API key in front of the model: blacklight, knn, "
+                   "blacklight:action=ban, ... (flagged images: charged, logged, unanswered; ban: the key is refused "
+                   "with 403 until the ban is deleted from --db); its history survives restarts in --db")
+    p.add_argument("--detector-seed", type=int, default=None,
+                   help="the detector's secret salt seed (keep it secret; default: the one stored in --db, random "
+                   "the first time)")
     p.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM) to serve HTTPS")
     p.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM) for --ssl-certfile")
     add_common(p, json_flag=False)
@@ -66,10 +73,23 @@ def build_app(args: argparse.Namespace) -> Any:
     config = ServeConfig(output=args.output, max_batch=args.max_batch, max_body=args.max_body,
                          expose_defense_params=args.expose_defense_params)
     model = model_from_args(args, resolve_device(args.device))
-    defended, defense = defend_from_args(args, model, data_spec_from_args(args))
+    data = data_spec_from_args(args)
+    defended, defense = defend_from_args(args, model, data)
     info = ModelInfo(name=args.model, input_shape=tuple(model.input_shape),  # type: ignore[arg-type]
                      num_classes=int(model.num_classes), classes=_class_names(args.model), defense=defense)
-    return create_app(defended, info=info, keys=keys, db=args.db, config=config)
+    detector, benign = None, None
+    if args.detector:
+        from rfd.data import select_data
+        from rfd.detect import parse_detector
+
+        try:
+            detector = parse_detector(args.detector)
+        except ValueError as exc:
+            raise CLIError(f"--detector: {exc}") from None
+        if detector.kind == "knn":  # its threshold: the calibration images of --data (benign, never evaluated)
+            benign = select_data(data, 1, 0).calib_images
+    return create_app(defended, info=info, keys=keys, db=args.db, config=config, detector=detector,
+                      detector_seed=args.detector_seed, detector_benign=benign, detector_model=model)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,6 +67,9 @@ class Detector(ABC):
         keys = accounts.tolist() if isinstance(accounts, torch.Tensor) else list(accounts)
         if len(keys) != sig.shape[0]:
             raise ValueError(f"accounts has {len(keys)} entries but there are {sig.shape[0]} signatures")
+        if keys and all(k == keys[0] for k in keys):  # one account (a server request): no regrouping
+            f, s = self._observe_account(keys[0], sig)
+            return f.cpu(), s.cpu().double()
         flags = torch.zeros(len(keys), dtype=torch.bool)
         scores = torch.zeros(len(keys), dtype=torch.float64)
         groups: dict[Hashable, list[int]] = {}

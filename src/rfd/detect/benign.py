@@ -12,29 +12,30 @@ __all__ = ["changed_copies", "false_positive_rate", "resend_stream"]
 
 
 def changed_copies(images: torch.Tensor, *, seed: int) -> torch.Tensor:
-    """One slightly changed copy (N, C, H, W) in [0, 1] of each image: at random (seeded) a shift by 1-2 pixels in
-    each direction (edges replicated), a brightness factor in [0.9, 1.1], or rounding to a 1/32 grid."""
+    """One slightly changed copy (N, C, H, W) in [0, 1] of each image (N, C, H, W) in [0, 1], on its device.
+
+    Each image gets one change, drawn (seeded, a CPU ``torch.Generator``) with equal odds: a shift by
+    (dy, dx), each in -2..2 pixels and not both 0, with the edges replicated (the copy's pixel (i, j) is the
+    original's (i - dy, j - dx), clamped to the image); a brightness factor uniform in [0.9, 1.1] (clipped to
+    [0, 1]); or rounding to a grid of 1/32 (a coarser re-encoding, as JPEG-like compression does)."""
     check_images(images)
     g = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    kind = torch.randint(0, 3, (n,), generator=g)
+    n, _, h, w = images.shape
+    dev = images.device
+    kind = torch.randint(0, 3, (n,), generator=g).to(dev)
     shift = torch.randint(-2, 3, (n, 2), generator=g)
-    gain = 0.9 + 0.2 * torch.rand(n, generator=g)
-    out = images.clone()
-    x = images.cpu()
-    for k in range(n):  # one small change per image; n is a benign stream's length, not a hot loop
-        if kind[k] == 0:
-            dy, dx = int(shift[k, 0]), int(shift[k, 1])
-            if dy == 0 and dx == 0:
-                dx = 1
-            pad = torch.nn.functional.pad(x[k: k + 1], (2, 2, 2, 2), mode="replicate")
-            h, w = x.shape[2], x.shape[3]
-            out[k] = pad[0, :, 2 - dy: 2 - dy + h, 2 - dx: 2 - dx + w].to(out.device)
-        elif kind[k] == 1:
-            out[k] = (images[k] * float(gain[k])).clamp(0.0, 1.0)
-        else:
-            out[k] = torch.round(images[k] * 32) / 32
-    return out
+    shift[:, 1] += (shift == 0).all(1).long()  # (0, 0) is no change: shift one pixel right instead
+    gain = (0.9 + 0.2 * torch.rand(n, generator=g)).to(dev)
+    shift = shift.to(dev)
+    # the shift as two gathers with clamped indices (replicate padding), all images at once
+    rows = (torch.arange(h, device=dev).view(1, h) - shift[:, :1]).clamp(0, h - 1)  # (N, H)
+    cols = (torch.arange(w, device=dev).view(1, w) - shift[:, 1:]).clamp(0, w - 1)  # (N, W)
+    moved = images.gather(2, rows.view(n, 1, h, 1).expand_as(images))
+    moved = moved.gather(3, cols.view(n, 1, 1, w).expand_as(images))
+    bright = (images * gain.view(n, 1, 1, 1)).clamp(0.0, 1.0)
+    coarse = torch.round(images * 32) / 32
+    k = kind.view(n, 1, 1, 1)
+    return torch.where(k == 0, moved, torch.where(k == 1, bright, coarse))
 
 
 def resend_stream(images: torch.Tensor, *, copies: int = 1, seed: int) -> torch.Tensor:

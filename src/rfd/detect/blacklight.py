@@ -1,29 +1,43 @@
 """Blacklight (Li, Shan, Wenger, Zhang, Zheng & Zhao, "Blacklight: Scalable Defense for Neural Networks against
 Query-Based Black-Box Attacks", USENIX Security 2022, https://arxiv.org/abs/2006.14042).
 
-A query's fingerprint: its pixels on the 0-255 scale plus a secret per-deployment salt image (mod 256), quantized
-with step ``step`` (50), flattened; a window of ``window`` values slides over it with stride ``stride``; each
-window is hashed with SHA-256 (windows of a flat background left out unless ``skip_flat`` is off: see
-:class:`~rfd.defenses.detector_spec.DetectorSpec`), the digests are deduplicated and the ``top`` (50) smallest (byte order) are kept.
-A query is flagged when at least ``match`` (25) of its hashes equal hashes of one past query of the account.
-Attack queries differ from their predecessors in a few pixels, so most windows, and so most kept hashes, repeat;
-distinct images share almost none. The salt keeps an attacker from predicting which windows collide.
+A query's fingerprint: its pixels on the 0-255 scale (``round(x * 255)``) plus a secret per-deployment salt image
+of integers 0..255 (mod 256), quantized with ``floor(v / step)`` (step 50), flattened (C*H*W values); a window of
+``window`` values slides over it with stride ``stride``; each window's quantized values (one byte each) are hashed
+with SHA-256 (windows of a flat background left out unless ``skip_flat`` is off: see
+:class:`~rfd.defenses.detector_spec.DetectorSpec`), the digests are deduplicated and the ``top`` (50) smallest in
+byte order are kept. A query is flagged when at least ``match`` (25) of its hashes equal hashes of one past query
+of the account. Attack queries differ from their predecessors in a few pixels, so most windows, and so most kept
+hashes, repeat; distinct images share almost none. The salt keeps an attacker from predicting which windows
+collide.
 
-In memory a hash is the first 8 bytes of its digest (an int64): two different windows share them with
-probability 2^-64 per pair, far below any rate measured here. An image with fewer than ``top`` distinct windows
-is padded with the values ``-2^63 + k`` (a real hash lands there with probability ~2^-58); padding is not
-indexed, so it never matches.
+In memory a hash is the first 8 bytes of its digest read as a big-endian signed int64 (byte order of digests =
+unsigned order of these integers): two different windows share them with probability 2^-64 per pair, far below any
+rate measured here. An image with fewer than ``top`` distinct (informative) windows is padded with the sentinels
+``-2^63 + k``, k = 0, 1, ... (a real hash lands in that range with probability ``top`` * 2^-64); sentinels are
+never indexed, so they never match.
 
-The index, per account: hash -> the (increasing) ids of the past queries holding it, in growable numpy arrays.
-Matching a query touches only the postings of its 50 hashes and counts them with ``np.bincount``; its cost grows
-with how many past queries share its hashes (an attack's near-duplicates), not with the history size. ``cap``
-bounds the history: the oldest queries are evicted (their postings are dropped lazily, as a prefix, since ids
-increase), and the index is rebuilt from the live fingerprints when the dead entries reach the live ones.
+Fingerprinting a batch: all windows are cut out at once (numpy), each window's values are packed exactly into
+uint64 words (base ``255 // step + 1``, the number of quantized values), the windows are deduplicated across the whole batch with one sort, and
+only the distinct windows are hashed (hashlib has no batched form; this loop is the one left). Near-duplicate
+queries (an attack's batch, an EOT query's repeats) share most windows, so their batches hash 4-6 times faster
+than batches of distinct images (``benchmarks/bench_detectors.py``).
+
+The index, per account: hash -> the (increasing) ids of the past queries holding it: one int while a single query
+holds it (most hashes of distinct images: an int costs a tenth of an array), a growable int64 numpy array once a
+second one does (no Python lists: see :class:`_Account` on the garbage collector). A posting costs ~95 bytes while
+its hash has one query (the dict entry and two ints), 8 bytes per further query: ~4.9 kB per past query of distinct
+images, far less for an attack's near-duplicates. Matching a query touches only the postings of its ``top`` hashes
+and counts them at once with ``np.bincount`` (or ``np.unique`` when they are sparse in the id range); the cost grows with how many past queries
+share its hashes (an attack's near-duplicates), not with the history size. ``cap`` bounds the history: the oldest
+queries are evicted (their postings are skipped, as a prefix, since ids increase) and the index is compacted when
+the dead queries reach the live ones, so memory stays proportional to ``cap``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Hashable
 
 import numpy as np
@@ -35,50 +49,108 @@ from rfd.detect.base import Detector
 
 __all__ = ["BlacklightDetector", "blacklight_fingerprints"]
 
-_PAD = np.int64(-(2**63))  # padding hashes are _PAD + k (never indexed: see _Account._insert)
-_PAD_END = -(2**63) + 64
+PAD = -(2**63)  # padding hashes are PAD + k, k < top (never indexed: see _Account._insert)
+_NONE = np.uint64(2**64 - 1)  # an empty slot while selecting the smallest digests (sorts last; a real digest
+# starting with 8 bytes 0xff, probability 2^-64, would be taken for one and left out)
+_DIGEST = np.dtype([("key", ">u8"), ("rest", "V24")])  # a SHA-256 digest: its first 8 bytes, big-endian
+
+
+def _distinct(words: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of the columns ``words`` (each (N,) uint64): (index of one occurrence of each distinct row
+    (U,), the distinct row of each row (N,) in 0..U-1). One sort, instead of np.unique's stable one."""
+    if len(words) == 1:
+        order = np.argsort(words[0])
+        s = words[0][order]
+        new = np.empty(s.size, dtype=bool)
+        new[:1] = True
+        np.not_equal(s[1:], s[:-1], out=new[1:])
+    else:
+        order = np.lexsort(words[::-1])
+        new = np.zeros(order.size, dtype=bool)
+        new[:1] = True
+        for w in words:
+            s = w[order]
+            new[1:] |= s[1:] != s[:-1]
+    group = np.cumsum(new) - 1
+    inverse = np.empty_like(group)
+    inverse[order] = group
+    return order[new], inverse
 
 
 def blacklight_fingerprints(x: torch.Tensor, salt: torch.Tensor, *, window: int, stride: int, step: int,
                             top: int, skip_flat: bool = False) -> torch.Tensor:
-    """Fingerprints int64 (B, top) of images x (B, C, H, W) in [0, 1] with ``salt`` (C, H, W) int64 in 0..255:
-    each row the ``top`` smallest distinct SHA-256 window hashes (first 8 bytes, as int64, in byte order)."""
+    """Fingerprints int64 (B, top) of images x (B, C, H, W) in [0, 1] with ``salt`` (C, H, W) int64 in 0..255.
+
+    Row b: the ``top`` smallest distinct SHA-256 hashes (first 8 bytes, as big-endian int64, in byte order) of
+    the windows (``window`` values, stride ``stride``) of image b's flattened salted quantized values, padded with
+    ``PAD + k`` when there are fewer. ``skip_flat`` leaves out windows whose raw (unsalted) 0-255 pixels are all
+    equal."""
     raw = torch.round(x.detach().float() * 255).to(torch.int64)
-    q = ((raw + salt.to(x.device)) % 256) // step
-    flat = q.flatten(1).to(torch.uint8).cpu().numpy()
-    d = flat.shape[1]
+    q = (((raw + salt.to(raw.device)) % 256) // step).flatten(1).to(torch.uint8).cpu().numpy()
+    b, d = q.shape
     if window > d:
         raise ValueError(f"Blacklight window {window} is wider than the image ({d} values)")
     starts = np.arange(0, d - window + 1, stride)
-    if skip_flat:  # windows whose raw pixels are all equal (a flat background) say nothing about the image
-        r = raw.flatten(1).cpu()
-        win = r.unfold(1, window, stride)
-        informative = (win.amax(2) != win.amin(2)).numpy()
-    out = np.empty((flat.shape[0], top), dtype=np.int64)
-    sha = hashlib.sha256
-    for i in range(flat.shape[0]):  # SHA-256 per window: hashlib has no batched form
-        buf = flat[i].tobytes()
-        js = starts[informative[i]].tolist() if skip_flat else starts.tolist()
-        digests = {sha(buf[j: j + window]).digest()[:8] for j in js}
-        keys = np.frombuffer(b"".join(sorted(digests)[:top]), dtype=">u8")  # byte order = unsigned big-endian
-        row = keys.astype(np.uint64).view(np.int64)
-        out[i, : row.size] = row
-        if row.size < top:
-            out[i, row.size:] = _PAD + np.arange(top - row.size, dtype=np.int64)
+    nw = starts.size
+    if skip_flat:
+        # a window is flat when no two neighbouring raw values inside it differ: count the changes with a
+        # cumulative sum (O(d) per image, not O(d * window))
+        r = raw.flatten(1).cpu().numpy()
+        changes = np.zeros((b, d), dtype=np.int32)
+        np.cumsum(r[:, 1:] != r[:, :-1], axis=1, out=changes[:, 1:])
+        rows, cols = np.nonzero(changes[:, starts + window - 1] - changes[:, starts] > 0)
+    else:
+        rows = np.repeat(np.arange(b), nw)
+        cols = np.tile(np.arange(nw), b)
+    # pack each window's values exactly into uint64 words (base `levels`, Horner over the window's positions):
+    # equal windows <=> equal words, so the windows of the whole batch are deduplicated with one integer sort
+    levels = 255 // step + 1
+    per_word = int(64 // math.log2(levels)) if levels > 1 else window
+    span = stride * (nw - 1) + 1
+    words = []
+    for s0 in range(0, window, per_word):
+        acc = np.zeros((b, nw), dtype=np.uint64)
+        for j in range(s0, min(window, s0 + per_word)):
+            acc *= np.uint64(levels)
+            acc += q[:, j: j + span: stride]
+        words.append(acc[rows, cols])
+    full = np.full((b, max(nw, top)), _NONE, dtype=np.uint64)
+    if rows.size:
+        first, inverse = _distinct(words)
+        buf = q.tobytes()
+        sha = hashlib.sha256
+        offsets = (rows[first] * d + starts[cols[first]]).tolist()
+        digests = b"".join([sha(buf[o: o + window]).digest() for o in offsets])  # SHA-256 per distinct window
+        keys = np.frombuffer(digests, dtype=_DIGEST)["key"].astype(np.uint64)
+        full[rows, cols] = keys[inverse]
+    # per image: sort, blank repeated digests, sort again: the first `top` are the smallest distinct ones
+    full.sort(axis=1)
+    full[:, 1:][full[:, 1:] == full[:, :-1]] = _NONE
+    full.sort(axis=1)
+    sel = full[:, :top]
+    out = sel.view(np.int64).copy()
+    pad = sel == _NONE
+    if pad.any():
+        out[pad] = PAD + (np.cumsum(pad, axis=1) - 1)[pad]
     return torch.from_numpy(out)
 
 
 class _Account:
-    """One account's history: the live fingerprints and the inverted index hash -> [ids, used]."""
+    """One account's history: the inverted index hash -> ids of the past queries holding it.
+
+    Query ids increase from 0; the live queries are ids ``first .. next - 1``. A posting is an int (one query) or
+    an int64 array ``p`` with ``p[0]`` the number of ids held and ``p[1 : 1 + p[0]]`` the ids, increasing (spare
+    room after them; it doubles when full). Neither an int nor a numpy array is tracked by Python's cyclic
+    garbage collector, so neither is the index dict: with a list per posting the collector would walk the whole
+    index (10^7 entries and more) at every full collection, which made matching 20 times slower at 10^5-10^6
+    queries."""
 
     def __init__(self, top: int, cap: int | None) -> None:
         self.top = top
         self.cap = cap
-        self.fps = np.empty((16, top), dtype=np.int64)  # fps[i]: fingerprint of query id base + i
-        self.base = 0
         self.first = 0  # id of the oldest live query
         self.next = 0  # id of the next query
-        self.index: dict[int, list] = {}  # type: ignore[type-arg]  # hash -> [int64 ids array, used length]
+        self.index: dict[int, int | np.ndarray] = {}
         self.dead = 0  # evicted queries whose postings may remain
 
     def __len__(self) -> int:
@@ -87,71 +159,89 @@ class _Account:
     def score(self, fp: np.ndarray) -> int:
         """Most hashes of ``fp`` (top,) shared with one live past query."""
         parts = []
+        single = []
         for h in fp.tolist():
             post = self.index.get(h)
-            if post is not None:
-                parts.append(post[0][: post[1]])
+            if post is None:
+                continue
+            if isinstance(post, int):
+                single.append(post)
+            else:
+                parts.append(post[1: 1 + post[0]])
+        if single:
+            parts.append(np.array(single, dtype=np.int64))
         if not parts:
             return 0
+        # every live past query holding c of the hashes appears c times: the score is the largest count
         cat = np.concatenate(parts) - self.first
         if self.dead:
             cat = cat[cat >= 0]  # postings of evicted queries
         if cat.size == 0:
             return 0
-        if cat.size * 4 >= len(self):  # dense: one count per live query
+        if cat.size * 4 >= len(self):  # dense in the live range (near-duplicates): one counter per live query
             return int(np.bincount(cat).max())
         return int(np.unique(cat, return_counts=True)[1].max())
 
     def add(self, fp: np.ndarray) -> None:
         self._insert(fp)
         if self.cap is not None and len(self) > self.cap:
-            k = len(self) - self.cap
-            self.first += k
-            self.dead += k
-            if self.dead >= max(len(self), 64):  # as many dead postings as live: rebuild (bounded memory)
-                self._rebuild()
+            self.first += 1
+            self.dead += 1
+            if self.dead >= max(len(self), 64):  # as many dead queries as live: compact (bounded memory)
+                self._compact()
 
     def _insert(self, fp: np.ndarray) -> None:
         qid = self.next
-        pos = qid - self.base
-        if pos >= self.fps.shape[0]:
-            grown = np.empty((2 * self.fps.shape[0], self.top), dtype=np.int64)
-            grown[: self.fps.shape[0]] = self.fps
-            self.fps = grown
-        self.fps[pos] = fp
+        pad_end = PAD + self.top
+        index = self.index
         for h in set(fp.tolist()):
-            if h < _PAD_END:  # padding of an image with fewer distinct windows than top
+            if h < pad_end:  # padding of an image with fewer distinct windows than top
                 continue
-            post = self.index.get(h)
+            post = index.get(h)
             if post is None:
-                ids = np.empty(4, dtype=np.int64)
-                ids[0] = qid
-                self.index[h] = [ids, 1]
-                continue
-            ids, used = post
-            if used == ids.size:
-                ids = post[0] = np.concatenate([ids, np.empty_like(ids)])
-            ids[used] = qid
-            post[1] = used + 1
+                index[h] = qid
+            elif isinstance(post, int):
+                index[h] = np.array([2, post, qid, 0], dtype=np.int64)
+            else:
+                used = int(post[0])
+                if used + 1 == post.size:  # full: double (amortized O(1) per id)
+                    post = index[h] = np.concatenate([post, np.empty(post.size, dtype=np.int64)])
+                post[used + 1] = qid
+                post[0] = used + 1
         self.next += 1
 
-    def _rebuild(self) -> None:
-        live = self.fps[self.first - self.base: self.next - self.base].copy()
-        self.base = self.next = self.first
-        self.fps = np.empty((max(16, 2 * live.shape[0]), self.top), dtype=np.int64)
-        self.index = {}
+    def _compact(self) -> None:
+        """Drop the postings of evicted queries (ids < first): each posting keeps its suffix of live ids."""
+        first = self.first
+        index: dict[int, int | np.ndarray] = {}
+        for h, post in self.index.items():
+            if isinstance(post, int):
+                if post >= first:
+                    index[h] = post
+                continue
+            ids = post[1: 1 + post[0]]
+            live = ids[int(np.searchsorted(ids, first)):]
+            if live.size == 1:
+                index[h] = int(live[0])
+            elif live.size > 1:
+                index[h] = np.concatenate([[live.size], live, [0]])
+        self.index = index
         self.dead = 0
-        for fp in live:
-            self._insert(fp)
+
+    def entries(self) -> int:
+        return sum(1 if isinstance(p, int) else int(p[0]) for p in self.index.values())
 
 
 class BlacklightDetector(Detector):
     """Blacklight with a secret salt drawn from ``salt_seed`` (see the module docstring).
 
+    Signatures are the fingerprints, int64 (B, top). :meth:`info` gives the spec, never the salt or its seed.
+
     Args:
         spec: a :class:`~rfd.defenses.detector_spec.DetectorSpec` of kind ``"blacklight"``.
-        salt_seed: the deployment's secret: the seed of the salt image (0..255 per pixel). Keep it secret; a
-            different seed gives different fingerprints of the same image.
+        salt_seed: the deployment's secret: the seed of the salt image (integers 0..255, one per pixel value, drawn
+            from a ``torch.Generator``). Keep it secret; a different seed gives different fingerprints of the same
+            image, so histories are only comparable under one seed.
     """
 
     def __init__(self, spec: DetectorSpec, *, salt_seed: int) -> None:
@@ -162,18 +252,28 @@ class BlacklightDetector(Detector):
         self._salt: torch.Tensor | None = None
         self._accounts: dict[Hashable, _Account] = {}
 
+    def __repr__(self) -> str:  # not the dataclass-like default: it must not show the salt
+        return f"BlacklightDetector({self.spec})"
+
     def _salt_for(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The salt (C, H, W) int64 in 0..255 for images of ``shape`` (drawn once per shape from the seed)."""
         if self._salt is None or tuple(self._salt.shape) != shape:
             g = torch.Generator().manual_seed(self._salt_seed)
             self._salt = torch.randint(0, 256, shape, generator=g, dtype=torch.int64)
         return self._salt
 
     def signatures(self, x: torch.Tensor) -> torch.Tensor:
-        """Fingerprints int64 (B, top) of images x (B, C, H, W) in [0, 1]."""
+        """Fingerprints int64 (B, top) on the CPU of images x (B, C, H, W) float32 in [0, 1]."""
         check_images(x)
         s = self.spec
         return blacklight_fingerprints(x, self._salt_for(tuple(x.shape[1:])), window=s.window, stride=s.stride,
                                        step=s.step, top=s.top, skip_flat=s.skip_flat)
+
+    def _rows(self, sig: torch.Tensor) -> np.ndarray:
+        if sig.dim() != 2 or sig.shape[1] != self.spec.top or sig.dtype != torch.int64:
+            raise ValueError(f"Blacklight signatures are int64 (N, top={self.spec.top}), got {sig.dtype} "
+                             f"{tuple(sig.shape)}")
+        return sig.cpu().numpy()
 
     def _account(self, account: Hashable) -> _Account:
         acc = self._accounts.get(account)
@@ -182,8 +282,8 @@ class BlacklightDetector(Detector):
         return acc
 
     def _observe_account(self, account: Hashable, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fps = self._rows(sig)
         acc = self._account(account)
-        fps = sig.cpu().numpy().astype(np.int64, copy=False)
         scores = np.empty(fps.shape[0], dtype=np.float64)
         for i, fp in enumerate(fps):  # in order: row i is compared with the rows before it
             scores[i] = acc.score(fp)
@@ -192,8 +292,9 @@ class BlacklightDetector(Detector):
         return sc >= self.spec.match, sc
 
     def restore(self, account: Hashable, sig: torch.Tensor) -> None:
+        fps = self._rows(sig)
         acc = self._account(account)
-        for fp in sig.cpu().numpy().astype(np.int64, copy=False):
+        for fp in fps:
             acc.add(fp)
 
     def reset(self, account: Hashable | None = None) -> None:
@@ -207,5 +308,6 @@ class BlacklightDetector(Detector):
         return 0 if acc is None else len(acc)
 
     def index_entries(self) -> int:
-        """Postings held in all accounts' indexes (a memory measure: 8 bytes each, plus the dict entries)."""
-        return sum(int(p[1]) for a in self._accounts.values() for p in a.index.values())
+        """Postings held in all accounts' indexes, dead ones included (a memory measure: roughly 90 bytes each
+        while a hash has one query, 8 bytes each in the arrays of shared hashes)."""
+        return sum(a.entries() for a in self._accounts.values())

@@ -15,8 +15,10 @@ __all__ = ["PenultimateEncoder", "build_detector"]
 
 
 class PenultimateEncoder(nn.Module):
-    """The input of a model's final classifier layer ("penultimate" features), captured by a forward pre-hook
-    installed only during this module's own forward (the model is shared, e.g. with its defended copy)."""
+    """The input of a model's final classifier layer ("penultimate" features, as
+    :func:`rfd.defenses.layers.resolve_layers` finds it), flattened to (B, D), captured by a forward pre-hook
+    installed only during this module's own forward (the model is shared, e.g. with its defended copy, and must
+    be the clean one, in eval mode). Images are moved to the model's device."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -30,9 +32,10 @@ class PenultimateEncoder(nn.Module):
         def grab(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             got.append(args[0].detach())
 
+        param = next(self.model.parameters(), None)
         handle = self.target.register_forward_pre_hook(grab)
         try:
-            self.model(x)
+            self.model(x if param is None else x.to(param.device))
         finally:
             handle.remove()
         return got[0].flatten(1)
@@ -46,11 +49,13 @@ def build_detector(spec: DetectorSpec | str, *, seed: int, model: nn.Module | No
     spec = parse_detector(spec)
     if spec.kind == "blacklight":
         return BlacklightDetector(spec, salt_seed=seed)
-    if spec.embedding == "penultimate" and model is None:
-        raise ValueError("the kNN detector on penultimate features needs the (clean) model")
-    encoder = PenultimateEncoder(model) if spec.embedding == "penultimate" and model is not None else None
-    det = KNNDetector(spec, encoder=encoder)
     if benign is None:
-        raise ValueError("the kNN detector needs benign images to set its threshold (benign=...)")
+        raise ValueError("the kNN detector needs benign images (N, C, H, W) to set its threshold (benign=...)")
+    encoder: nn.Module | None = None
+    if spec.embedding == "penultimate":
+        if model is None:
+            raise ValueError("the kNN detector on penultimate features needs the (clean) model (model=...)")
+        encoder = PenultimateEncoder(model)
+    det = KNNDetector(spec, encoder=encoder)
     det.calibrate(benign)
     return det

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from rfd.attacks.readings import check_reading
+from rfd.blackbox.stateful import detection_figures
 from rfd.eval.labels import label_runs, params_text, varying_params
 from rfd.eval.results import LEGACY_SEEDING, Results, default_budgets, robust_estimate_of
 from rfd.eval.sanity import sanity_flags
@@ -279,19 +280,12 @@ def _runs(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, r
 
 
 def detection_metrics(g: pd.DataFrame) -> dict[str, float]:
-    """Stateful-detector figures of one run's samples ``g`` (NaN without a detector), over the attacked images
-    (clean-correct ones): ``detected`` % flagged at least once, ``first_flag`` median query number of the first
-    flag among them, ``flagged`` % of all their queries flagged, ``queries`` their mean queries charged, rejected
-    ones included."""
+    """Stateful-detector figures (:func:`rfd.blackbox.stateful.detection_figures`) of one run's samples ``g`` over
+    its attacked (clean-correct) images; NaN without a detector."""
     att = g[g.clean_correct]
     if len(att) == 0 or att.flagged.isna().any():
         return {"detected": math.nan, "first_flag": math.nan, "flagged": math.nan, "queries": math.nan}
-    hit = att.first_flag > 0
-    spent = float(att.queries.sum())
-    return {"detected": 100.0 * float(hit.mean()),
-            "first_flag": float(att.first_flag[hit].median()) if hit.any() else math.nan,
-            "flagged": 100.0 * float(att.flagged.sum()) / spent if spent else math.nan,
-            "queries": float(att.queries.mean())}
+    return detection_figures(att.flagged.tolist(), att.first_flag.tolist(), att.queries.tolist())
 
 
 def _detection(res: Results, runs: pd.DataFrame, bs: list[int], budget: int | None, rds: Sequence[str]) -> Table:

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -31,6 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from torch import nn
 
 from rfd import __version__
+from rfd.defenses.detector_spec import DetectorSpec
+from rfd.detect.base import Detector
+from rfd.detect.build import build_detector
 from rfd.serve.bodylimit import BodyLimitMiddleware
 from rfd.serve.decode import PREDICT_REQUEST
 from rfd.serve.errors import ServeError
@@ -48,7 +52,8 @@ _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="your
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
-        400: "malformed request body", 401: "missing or unknown API key", 403: "query budget exhausted",
+        400: "malformed request body", 401: "missing or unknown API key", 403: "query budget exhausted, or the key banned by a "
+        "stateful detector (body: banned true)",
         408: "request body too slow", 413: "request body or batch too large", 422: "bad images",
         429: "rate limit; see Retry-After",
     }.items()
@@ -73,6 +78,10 @@ def create_app(
     keys: KeyRing,
     db: str | Path,
     config: ServeConfig | None = None,
+    detector: DetectorSpec | str | None = None,
+    detector_seed: int | None = None,
+    detector_benign: torch.Tensor | None = None,
+    detector_model: nn.Module | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (already defended: fresh noise per forward) to the holders of ``keys``.
 
@@ -82,11 +91,26 @@ def create_app(
         keys: API keys with budgets and rate limits.
         db: SQLite query log path; created if absent, and per-key usage is counted from it on start.
         config: output kind and limits (default: :class:`ServeConfig` defaults).
+        detector: a stateful detector in front of the model (a spec or its text, e.g. ``"blacklight"``): one
+            account per key, its histories and bans persisted in ``db``.
+        detector_seed: the detector's secret salt seed; None uses the one stored in ``db`` (a random one the
+            first time), so a restarted server fingerprints as before.
+        detector_benign: benign images (N, C, H, W) for a kNN detector's threshold; detector_model: the clean
+            model for a kNN detector on penultimate features.
 
     The log opens when the app is built and closes when the app shuts down (ASGI lifespan).
     """
     config = config or ServeConfig()
-    service = PredictionService(model, info=info, keys=keys, log=QueryLog(db), config=config)
+    log = QueryLog(db)
+    guard: Detector | None = None
+    if detector is not None:
+        try:
+            guard = build_detector(detector, seed=log.salt_seed(detector_seed), model=detector_model,
+                                   benign=detector_benign)
+        except BaseException:
+            log.close()
+            raise
+    service = PredictionService(model, info=info, keys=keys, log=log, config=config, detector=guard)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +153,8 @@ def create_app(
                                 status_code=500)
         return JSONResponse(answer)
 
-    @app.get("/v1/usage", response_model=UsageResponse, responses={401: _ERRORS[401]})
+    @app.get("/v1/usage", response_model=UsageResponse, responses={401: _ERRORS[401]},
+             response_model_exclude_unset=True)  # the detector fields only where a detector runs
     async def usage(api_key: str | None = Security(_api_key)) -> dict[str, Any]:
         """Your key's account: images used, budget, remaining, and rate limits."""
         key = service.authenticate(api_key)

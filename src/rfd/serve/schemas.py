@@ -58,6 +58,8 @@ class Usage(BaseModel):
     used: int
     budget: int | None
     remaining: int | None
+    flagged: int | None = Field(None, description="with a stateful detector: images of the key flagged so far")
+    banned: bool | None = Field(None, description="with a ban detector: whether the key's session has ended")
 
 
 class PredictResponse(BaseModel):
@@ -65,11 +67,16 @@ class PredictResponse(BaseModel):
 
     output: str = Field(description="the output setting: logits, probs, topk:K, top1, rounded:D or labels")
     n: int = Field(description="number of images answered (= queries charged)")
-    scores: list[list[float]] | None = Field(None, description="(N, K) logits, probabilities or rounded "
-                                             "probabilities; absent for topk, top1 and labels")
+    scores: list[list[float] | None] | None = Field(None, description="(N, K) logits, probabilities or rounded "
+                                                    "probabilities (null for an image a detector refused); absent "
+                                                    "for topk, top1 and labels")
     top: list[list[tuple[int, float]]] | None = Field(None, description="topk / top1: per image the visible "
-                                                      "[class, probability] pairs, best first; absent otherwise")
-    labels: list[int] = Field(description="(N,) the model's predicted class per image")
+                                                      "[class, probability] pairs, best first (empty when refused); "
+                                                      "absent otherwise")
+    labels: list[int] = Field(description="(N,) the model's predicted class per image (-1: refused by the detector)")
+    flagged: list[bool] | None = Field(None, description="with a stateful detector: per image, whether it flagged it")
+    rejected: list[bool] | None = Field(None, description="with a stateful detector: per image, whether it went "
+                                        "unanswered (charged all the same)")
     usage: Usage
 
 
@@ -84,6 +91,8 @@ class InfoResponse(BaseModel):
     max_batch: int = Field(description="most images per request")
     max_body_bytes: int = Field(description="largest request body accepted")
     version: str
+    detector: dict[str, Any] | None = Field(None, description="the stateful detector and its settings (never its "
+                                            "secret salt), or null")
 
 
 class UsageResponse(Usage):
@@ -94,3 +103,4 @@ class UsageResponse(Usage):
 class ErrorResponse(BaseModel):
     detail: str
     retry_after: float | None = None
+    banned: bool | None = None

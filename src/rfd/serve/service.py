@@ -13,6 +13,20 @@ log entry). Serializing forwards is deliberate:
   pass a check that only one of them fits.
 
 Decoding (JSON, base64, PNG) happens outside the lock, in the web server's worker threads.
+
+A stateful detector (:mod:`rfd.detect`, ``rfd serve --detector``) sees every image of a key before the model, in
+request order, under the key's name as account. What a flag does is the detector's action:
+
+* ``reject``: the image gets no answer (label -1, ``scores`` row null, ``top`` row empty) but is charged and
+  logged; the request still answers 200, and ``flagged`` / ``rejected`` (one bool per image) say which;
+* ``ban``: the flagged image and every later one of the request are refused, the key's history is deleted and the
+  key is banned (stored in the log): every further request answers **403** with ``{"error": "key KEY is banned
+  ...", "banned": true}`` until an operator deletes the ban (see :mod:`rfd.serve.querylog`);
+* ``log``: answered as usual, ``flagged`` says which.
+
+Images are never answered from a cache: every answered image is a fresh forward of the (noisy) model. The
+detector's state is persisted in the query log (:meth:`QueryLog.record` writes the request's signatures in the
+same transaction as its row) and restored at start, bans included.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from torch import nn
 
 from rfd import __version__
 from rfd.blackbox.outputs import OutputSpec, parse_output
+from rfd.detect.base import Detector
 from rfd.serve.decode import decode_images
 from rfd.serve.errors import ServeError
 from rfd.serve.keys import ApiKey, KeyRing
@@ -97,10 +112,12 @@ class PredictionService:
         log: the query log; per-key usage starts from its totals (budgets survive restarts).
         config: output kind and request limits.
         clock: monotonic seconds, for rate limits (injectable for tests).
+        detector: a stateful detector in front of the model (one account per key), restored from ``log``.
     """
 
     def __init__(self, model: nn.Module, *, info: ModelInfo, keys: KeyRing, log: QueryLog,
-                 config: ServeConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 config: ServeConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 detector: Detector | None = None) -> None:
         self.model = model.eval()
         self.info = info
         self.keys = keys
@@ -115,6 +132,15 @@ class PredictionService:
             self._device = next(model.parameters()).device
         except StopIteration:
             self._device = torch.device("cpu")
+        self.detector = detector
+        self._banned = log.bans()
+        flags = log.flag_totals()
+        self._flagged = {k.name: flags.get(k.name, 0) for k in keys}
+        if detector is not None:  # a restart keeps every key's history (only the last `cap` if capped)
+            for k in keys:
+                past = log.history(k.name, last=detector.spec.cap)
+                if past is not None:
+                    detector.restore(k.name, past)
         for k in keys:
             if k.budget is not None and self._used[k.name] >= k.budget:
                 logger.warning("key %r (%s) has used its whole budget of %d images", k.name, k.fingerprint, k.budget)
@@ -133,8 +159,11 @@ class PredictionService:
     def usage(self, key: ApiKey) -> dict[str, Any]:
         """The key's account: name, used, budget, remaining (images)."""
         used = self._used[key.name]
-        return {"name": key.name, "used": used, "budget": key.budget,
-                "remaining": None if key.budget is None else max(key.budget - used, 0)}
+        out: dict[str, Any] = {"name": key.name, "used": used, "budget": key.budget,
+                               "remaining": None if key.budget is None else max(key.budget - used, 0)}
+        if self.detector is not None:
+            out.update(flagged=self._flagged[key.name], banned=key.name in self._banned)
+        return out
 
     def _admit(self, key: ApiKey, n: int, now: float) -> None:
         """Refuse ``n`` more images for ``key`` if over budget (403) or over a rate limit (429/413)."""
@@ -169,19 +198,52 @@ class PredictionService:
         pairs for topk / top1, nothing more for labels)."""
         n = x.shape[0]
         with self._lock:
+            if key.name in self._banned:
+                raise ServeError(403, f"key {key.name!r} is banned: the {self.detector.spec.label if self.detector else ''}"
+                                      " detector flagged its queries; an operator must lift the ban",
+                                 extra={"banned": True})
             self._admit(key, n, self._clock())
-            with torch.no_grad():
-                logits = self.model(x.to(self._device))
-            if logits.shape != (n, self.info.num_classes):
-                raise RuntimeError(f"model answered shape {tuple(logits.shape)} for {n} images, expected "
-                                   f"({n}, {self.info.num_classes})")
-            labels = logits.argmax(1).cpu()
-            self.log.record(key.name, key.fingerprint, labels, str(self.config.output))
+            xd = x.to(self._device)
+            flagged = refused = torch.zeros(n, dtype=torch.bool)
+            sig: torch.Tensor | None = None
+            ban = False
+            if self.detector is not None:
+                sig = self.detector.signatures(xd)
+                flagged, _ = self.detector.observe([key.name] * n, sig)
+                action = self.detector.spec.action
+                if action == "ban" and bool(flagged.any()):
+                    ban = True
+                    refused = torch.arange(n) >= int(torch.nonzero(flagged)[0])
+                elif action == "reject":
+                    refused = flagged.clone()
+            answered = ~refused
+            logits = torch.full((n, self.info.num_classes), float("nan"))
+            if bool(answered.any()):
+                with torch.no_grad():
+                    out_rows = self.model(xd if bool(answered.all()) else xd[answered.to(self._device)])
+                if out_rows.shape != (int(answered.sum()), self.info.num_classes):
+                    raise RuntimeError(f"model answered shape {tuple(out_rows.shape)} for {int(answered.sum())} "
+                                       f"images, expected ({int(answered.sum())}, {self.info.num_classes})")
+                logits[answered] = out_rows.float().cpu()
+            labels = torch.where(answered, logits.nan_to_num(0.0).argmax(1), torch.full((n,), -1))
+            self.log.record(key.name, key.fingerprint, labels, str(self.config.output), flagged=flagged,
+                            signatures=sig, ban=ban)
+            if ban:
+                assert self.detector is not None
+                self.detector.reset(key.name)
+                self._banned.add(key.name)
             self._limiter.add(key.name, key.limits(), n, self._clock())
             self._used[key.name] += n
+            self._flagged[key.name] = self._flagged.get(key.name, 0) + int(flagged.sum())
             usage = self.usage(key)
         out: dict[str, Any] = {"output": str(self.config.output), "n": n}
-        out.update(self.spec.to_json(logits))
+        if bool(answered.all()):
+            out.update(self.spec.to_json(logits))
+        else:
+            out.update(_with_refused(self.spec.to_json(logits[answered]), answered))
+        if self.detector is not None:
+            out["flagged"] = flagged.tolist()
+            out["rejected"] = refused.tolist()
         out["usage"] = usage
         return out
 
@@ -199,8 +261,24 @@ class PredictionService:
             "classes": list(self.info.classes) if self.info.classes is not None else None,
             "output": str(self.config.output), "defense": defense, "formats": list(FORMATS),
             "max_batch": self.config.max_batch, "max_body_bytes": self.config.max_body, "version": __version__,
+            "detector": None if self.detector is None else self.detector.info(),
         }
 
     def close(self) -> None:
         with self._lock:
             self.log.close()
+
+
+def _with_refused(body: dict[str, Any], answered: torch.Tensor) -> dict[str, Any]:
+    """The body fields of the answered rows spread over all rows: label -1, ``scores`` null, ``top`` [] where
+    refused."""
+    rows = torch.nonzero(answered).flatten().tolist()
+    n = answered.numel()
+    out: dict[str, Any] = {}
+    for name, empty in (("labels", -1), ("scores", None), ("top", [])):
+        if name in body:
+            full: list[Any] = [empty] * n
+            for i, v in zip(rows, body[name]):
+                full[i] = v
+            out[name] = full
+    return out
