@@ -7,6 +7,7 @@ from torch import nn
 
 from rfd.blackbox.base import Access, BlackBox, CheckMode
 from rfd.blackbox.outputs import OutputSpec
+from rfd.models.fast import FastSpec, accelerate
 
 __all__ = ["CPU_MAX_BATCH", "LocalBlackBox"]
 
@@ -25,6 +26,10 @@ class LocalBlackBox(BlackBox):
             than at 3000 (activations stop fitting in cache; measured on the reference models), and NES asks for
             n x 60 rows at once. A randomized model draws its noise per chunk.
         access, budget, verify, check, reevaluate: see :class:`BlackBox`.
+        fast: forward speed-ups (:mod:`rfd.models.fast`): ``"compile"``, ``"channels_last"``, ``"inference"``
+            (comma-separated), ``"all"``; None / ``"plain"`` = the model's own eager forward. The black box then
+            forwards (and differentiates) a private fast copy of ``model`` (its ``manual_seed`` restarts the
+            copy's noise); answers equal the plain ones up to float tolerance.
 
     It supports gradients (:meth:`logits_with_grad`), so white-box attacks run through it.
     """
@@ -41,10 +46,11 @@ class LocalBlackBox(BlackBox):
         reevaluate: int = 100,
         max_batch: int | None = None,
         num_classes: int | None = None,
+        fast: str | FastSpec | None = None,
     ) -> None:
         super().__init__(access=access, output=output, budget=budget, verify=verify, check=check,
                          reevaluate=reevaluate)
-        self.model = model.eval()
+        self.model = accelerate(model.eval(), fast)
         try:
             self._device = next(model.parameters()).device
         except StopIteration:

@@ -12,7 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfd.cli.common import CLIError, add_common, add_output_arg, emit, parse_key_values, resolve_device
+from rfd.cli.common import (
+    CLIError,
+    add_common,
+    add_fast_arg,
+    add_output_arg,
+    emit,
+    parse_key_values,
+    resolve_device,
+)
 from rfd.cli.data_args import add_data_args, data_spec_from_args
 from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
@@ -78,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an attack setting of its config, repeatable, e.g. --attack-arg p_init=0.1 (VALUE as JSON)")
     p.add_argument("--output-images", default=None, metavar="PATH",
                    help="save clean and final images, labels, success and queries (.safetensors)")
+    add_fast_arg(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -105,6 +114,8 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
             raise CLIError("--remote needs --api-key")
         if args.defense != "none":
             raise CLIError("--defense applies to a local model; with --remote the defense lives in the server")
+        if not args.fast.plain:
+            raise CLIError("--fast applies to a local model; with --remote the server forwards")
         bb = RemoteBlackBox(args.remote, args.api_key, access=access, output=args.output,  # type: ignore[arg-type]
                             budget=budget, verify=args.verify, verify_api_key=args.verify_api_key, check=args.check,
                             reevaluate=args.reevaluate)
@@ -112,7 +123,8 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
             log.warning("--model is %s but the server at %s serves %s", args.model, args.remote, bb.info["model"])
         return bb
     return LocalBlackBox(model, access=access, output=args.output or "logits",  # type: ignore[arg-type]
-                         budget=budget, verify=args.verify, check=args.check, reevaluate=args.reevaluate)
+                         budget=budget, verify=args.verify, check=args.check, reevaluate=args.reevaluate,
+                         fast=args.fast)
 
 
 def _with_detector(args: argparse.Namespace, bb: Any, model: nn.Module, calib: torch.Tensor) -> Any:

@@ -47,6 +47,23 @@ def add_output_arg(p: argparse.ArgumentParser, *, what: str, default: str | None
                    f"{default_text or default})")
 
 
+def add_fast_arg(p: argparse.ArgumentParser) -> None:
+    """``--fast OPTIONS``: forward speed-ups of :mod:`rfd.models.fast`, parsed (bad text: a usage error naming the
+    options)."""
+    from rfd.models.fast import FAST_OPTIONS, parse_fast
+
+    def parse(text: str) -> object:
+        try:
+            return parse_fast(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument("--fast", type=parse, default=parse_fast(None), metavar="OPTIONS",
+                   help=f"faster forwards of the model: {', '.join(FAST_OPTIONS)} (comma-separated), all, or plain "
+                   "(default: plain eager PyTorch); answers equal plain ones up to float tolerance; compile spends "
+                   "seconds to a minute compiling first")
+
+
 def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)

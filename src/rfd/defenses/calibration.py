@@ -26,6 +26,7 @@ from rfd.defenses.families import NOISE_FAMILIES
 from rfd.defenses.layers import resolve_layers
 from rfd.defenses.scales import feature_std
 from rfd.defenses.spec import DefenseSpec
+from rfd.models.fast import FastModel, FastSpec, accelerate
 
 __all__ = ["DEFAULT_SIGMA0", "CalibrationResult", "calibrate"]
 
@@ -86,6 +87,7 @@ def calibrate(
     max_iter: int = 40,
     batch_size: int = 500,
     progress: bool = False,
+    fast: str | FastSpec | None = None,
 ) -> CalibrationResult:
     """Find sigma with expected clean accuracy ``base - spec.drop`` on the calibration images.
 
@@ -103,6 +105,8 @@ def calibrate(
         max_iter: most sigma values to evaluate.
         batch_size: images per forward. Which noise lands on which image depends on it, so results are
             reproducible for a given (seed, draws, batch_size).
+        fast: forward speed-ups of the noisy forwards (:func:`rfd.models.accelerate`; same draws, so the same
+            accuracies up to float tolerance); None = plain eager.
 
     Returns:
         :class:`CalibrationResult`; the evaluated sigma whose accuracy is closest to the target (``converged``
@@ -147,15 +151,18 @@ def calibrate(
                              batch_size=batch_size)
     if spec.scaled:
         forwards += n
+    noisy = accelerate(defended, fast)  # what forwards; ``core`` is the defended module whose sigma and seed it uses
+    core = noisy.inner if isinstance(noisy, FastModel) else defended
+    assert isinstance(core, DefendedModel)
     history: list[tuple[float, float]] = []
     best: dict[str, Any] = {}
     bar = tqdm(total=max_iter, disable=not progress, desc="calibrate", leave=False)
 
     def evaluate(sigma: float) -> float:
         nonlocal forwards
-        defended.set_sigma(sigma).manual_seed(seed)  # same draws z for every sigma: noise = sigma * z
+        core.set_sigma(sigma).manual_seed(seed)  # same draws z for every sigma: noise = sigma * z
         with torch.no_grad():
-            c = correct_counts(defended, images, labels, draws=draws, batch_size=batch_size)
+            c = correct_counts(noisy, images, labels, draws=draws, batch_size=batch_size)
         forwards += draws * n
         acc = float(c.double().mean())
         history.append((sigma, acc))

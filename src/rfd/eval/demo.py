@@ -74,12 +74,13 @@ def demo_study(*, n: int = 200, budget: int = 1000, drop: float = 0.02, model: M
 def run_demo(out_dir: str | os.PathLike[str] = "rfd-demo", *, n: int = 200, budget: int = 1000, drop: float = 0.02,
              model: ModelSpec | None = None, attacks: tuple[str, ...] = DEMO_ATTACKS, chunk_size: int = 100,
              checkpoints: tuple[int, ...] = (100, 250, 500, 1000), calibration: dict[str, Any] | None = None,
-             verify: int = 9, device: str = "cpu", progress: bool = True, workers: int | None = None,
+             verify: int = 9, device: str = "cpu", fast: str = "plain", progress: bool = True, workers: int | None = None,
              threads: int | None = None) -> DemoResult:
     """Run the demo study into ``out_dir/results.sqlite`` (resuming if present) and write the report folder.
 
     ``workers``: local processes (default :func:`default_workers`: one per core on CPU), ``threads`` torch
-    threads each (default 1 with several workers)."""
+    threads each (default 1 with several workers); ``fast``: forward speed-ups (see
+    :func:`rfd.eval.runner.run_study`)."""
     if workers is None:
         workers = default_workers(device)
     t0 = time.perf_counter()
@@ -88,13 +89,14 @@ def run_demo(out_dir: str | os.PathLike[str] = "rfd-demo", *, n: int = 200, budg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     db = out / "results.sqlite"
-    summary = run_study(study, db, device=device, progress=progress, workers=workers,
+    summary = run_study(study, db, device=device, fast=fast, progress=progress, workers=workers,
                         executor_options={"threads": threads or 1} if workers > 1 else None)
     keys = {c.key for c in plan_study(study).cells}
     from rfd.eval.reporting import write_report
 
     settings = {"model": study.models[0].display, "n": n, "budget": budget, "drop": drop, "attacks": list(attacks),
-                "eps": study.attacks[0].eps, "verify": verify, "device": device, "workers": workers}
+                "eps": study.attacks[0].eps, "verify": verify, "device": device, "fast": fast,
+                "workers": workers}
     intro = (f"Model `{settings['model']}`, {n} class-balanced images of the bundled Fashion-MNIST evaluation split, "
              f"{budget} queries per image, l_inf eps {settings['eps']:g}; success verified by the majority of "
              f"{verify} forwards (not counted as queries); every final image is then classified again with "

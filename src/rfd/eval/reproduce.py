@@ -45,19 +45,21 @@ def reproduce_plan(table: str, scale: str, db: str | os.PathLike[str], *, shard:
 
 
 def reproduce(table: str, scale: str = "cpu", *, out: str | os.PathLike[str] | None = None,
-              db: str | os.PathLike[str] | None = None, device: str = "cpu", shard: Shard | None = None,
+              db: str | os.PathLike[str] | None = None, device: str = "cpu", fast: str = "plain",
+              shard: Shard | None = None,
               executor: str = "local", address: str | None = None, workers: int | None = None,
               threads: int | None = None, progress: bool = True) -> ReproduceResult:
     """Run table ``table``'s preset at ``scale`` into ``db`` (default ``out/results.sqlite``; resumes) and write
     its report into ``out`` (default :func:`default_out`). ``workers`` local processes with ``threads`` torch
-    threads each (defaults: :func:`rfd.eval.demo.default_workers`, one thread each)."""
+    threads each (defaults: :func:`rfd.eval.demo.default_workers`, one thread each); ``fast``: forward speed-ups
+    (see :func:`rfd.eval.runner.run_study`)."""
     preset = preset_for(table)
     study = preset_study(preset.table, scale)
     out_dir = Path(out) if out is not None else default_out(table, scale)
     db_path = Path(db) if db is not None else out_dir / "results.sqlite"
     if workers is None:
         workers = 1 if executor == "ray" else default_workers(device)
-    summary = run_study(study, db_path, device=device, shard=shard, executor=executor, address=address,
+    summary = run_study(study, db_path, device=device, fast=fast, shard=shard, executor=executor, address=address,
                         progress=progress, workers=workers,
                         executor_options={"threads": threads or 1} if workers > 1 else None)
     keys = {c.key for c in plan_study(study).cells}

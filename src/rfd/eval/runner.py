@@ -30,6 +30,7 @@ from rfd.eval.specs import Study
 from rfd.eval.store import ResultStore, StoreConflict
 from rfd.eval.summary import RunSummary, cell_outcomes
 from rfd.eval.worker import CalibrationTask, ChunkOutput, ChunkTask, attack_seed_key
+from rfd.models.fast import parse_fast
 
 __all__ = ["run_study"]
 
@@ -44,6 +45,7 @@ def run_study(
     db: str | os.PathLike[str],
     *,
     device: str = "cpu",
+    fast: str = "plain",
     shard: Shard | None = None,
     executor: str = "local",
     address: str | None = None,
@@ -58,6 +60,9 @@ def run_study(
 
     Args:
         device: torch device of models and attacks (``"cuda"`` on a GPU machine).
+        fast: forward speed-ups of the attacked models (:func:`rfd.models.parse_fast`: ``"compile"``,
+            ``"channels_last"``, ``"inference"``, ``"all"``; ``"plain"`` = eager). A run option like ``device``:
+            answers equal the plain ones up to float tolerance, so it is not part of the study or its store.
         shard: run only this shard's units (``Shard(i, n)``); None = all.
         executor: ``"local"`` (this process, or ``workers`` local processes) or ``"ray"`` (Ray tasks; ``address``
             of a running cluster, else a local Ray instance; ``executor_options`` e.g. ``{"num_gpus": 1,
@@ -73,6 +78,7 @@ def run_study(
         :class:`RunSummary` (counts, timings, per-cell clean and robust accuracy read back from the store).
     """
     t_start = time.perf_counter()
+    fast = str(parse_fast(fast))  # a bad setting fails here, before any worker starts
     shard = shard or Shard()
     plan = plan_study(study)
     units = plan.shard(shard)
@@ -81,14 +87,14 @@ def run_study(
         raise ValueError("workers > 1 applies to the local executor (Ray sizes itself from the cluster)")
     ex = make_executor(executor, progress=progress, address=address, workers=workers, **(executor_options or {}))
     try:
-        return _run(study, db, plan, units, cells, ex, shard=shard, device=device, calibrate_only=calibrate_only,
-                    max_units=max_units, progress=progress, on_chunk=on_chunk, t_start=t_start)
+        return _run(study, db, plan, units, cells, ex, shard=shard, device=device, fast=fast,
+                    calibrate_only=calibrate_only, max_units=max_units, progress=progress, on_chunk=on_chunk, t_start=t_start)
     finally:
         ex.close()
 
 
 def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple[int, int]],
-         cells: dict[int, PlannedCell], ex: Executor, *, shard: Shard, device: str, calibrate_only: bool,
+         cells: dict[int, PlannedCell], ex: Executor, *, shard: Shard, device: str, fast: str, calibrate_only: bool,
          max_units: int | None, progress: bool, on_chunk: Callable[[ChunkTask, ChunkOutput], None] | None,
          t_start: float) -> RunSummary:
     with ResultStore(db) as store:
@@ -96,7 +102,8 @@ def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple
         pending = pending_units(units, cells, store.finished_by_key())
         done_before = len(units) - len(pending)
         needed_cells = {u[0] for u in (units if calibrate_only else pending)}
-        sigmas, calibrations_run, reused = _calibrate(store, ex, plan, cells, needed_cells, device=device)
+        sigmas, calibrations_run, reused = _calibrate(store, ex, plan, cells, needed_cells, device=device,
+                                                      fast=fast)
         calibration_info = [dict(key=k, **{f: v.get(f) for f in ("model", "defense", "sigma", "accuracy",
                                                                      "base_accuracy", "drop", "target_drop")})
                             for k, v in sigmas.items()]
@@ -110,7 +117,7 @@ def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple
         if max_units is not None:
             pending = pending[:max_units]
         tasks = [ChunkTask(study=study, cell_index=ci, chunk=k, run_id=run_ids[ci], run_key=cells[ci].key,
-                           sigma=cell_sigma[ci], device=device, data_digest=plan.data.identity["digest"],
+                           sigma=cell_sigma[ci], device=device, fast=fast, data_digest=plan.data.identity["digest"],
                            attack_key=attack_seed_key(cells[ci].cell.attack))
                  for ci, k in pending]
         written = _execute(tasks, ex, store, plan, progress=progress, on_chunk=on_chunk)
@@ -124,7 +131,7 @@ def _run(study: Study, db: str | os.PathLike[str], plan: Plan, units: list[tuple
 
 
 def _calibrate(store: ResultStore, ex: Executor, plan: Plan, cells: dict[int, PlannedCell], needed_cells: set[int],
-               *, device: str) -> tuple[dict[str, dict[str, Any]], int, int]:
+               *, device: str, fast: str = "plain") -> tuple[dict[str, dict[str, Any]], int, int]:
     """Calibrate once per (model, defense, drop) that ``needed_cells`` lack, storing each record; re-use stored
     ones. Returns (record by calibration key, calibrations run, calibrations re-used)."""
     sigmas: dict[str, dict[str, Any]] = {}
@@ -140,7 +147,7 @@ def _calibrate(store: ResultStore, ex: Executor, plan: Plan, cells: dict[int, Pl
             reused += 1
         else:
             todo[pc.calibration_key] = CalibrationTask(study=plan.study, model=pc.cell.model, defense=pc.cell.defense,
-                                                       key=pc.calibration_key, device=device)
+                                                       key=pc.calibration_key, device=device, fast=fast)
     if todo:
         log.info("calibrating %d noise level(s) on %d calibration images", len(todo),
                  plan.data.calib_images.shape[0])

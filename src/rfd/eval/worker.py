@@ -56,6 +56,7 @@ class ChunkTask:
     run_key: str
     sigma: float | None  # resolved noise level of the cell's defense (None for none/aaa)
     device: str = "cpu"
+    fast: str = "plain"  # forward speed-ups of the attacked model (rfd.models.fast; results equal up to float tolerance)
     data_digest: str = ""  # digest of the evaluation images the planner saw (checked by the worker)
     attack_key: str = ""  # the cell's attack without the check settings (see attack_seed_key)
 
@@ -99,6 +100,7 @@ class CalibrationTask:
     defense: DefenseSpec
     key: str
     device: str = "cpu"
+    fast: str = "plain"  # forward speed-ups of the calibration forwards (rfd.models.fast)
 
 
 def make_cell_attack(setting: AttackSpec, seed: int) -> Attack:
@@ -218,7 +220,8 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
     attack = make_cell_attack(cell.attack, seed)
     a = cell.attack
     bb: BlackBox = LocalBlackBox(defended, access=attack.blackbox_access(), output=a.output, budget=a.budget,
-                                 verify=a.verify, check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
+                                 verify=a.verify, check=a.check, reevaluate=a.reevaluate,  # type: ignore[arg-type]
+                                 fast=task.fast)
     detector = ctx.detector(study, cell, task.device)
     if detector is not None:
         bb = StatefulBlackBox(bb, detector)
@@ -260,7 +263,7 @@ def execute_calibration(task: CalibrationTask, ctx: WorkerContext | None = None,
     options = {"seed": study.seed, **thaw(study.calibration)}
     t0 = time.perf_counter()
     res = calibrate(model, task.defense, data.calib_images.to(task.device), data.calib_labels.to(task.device),
-                    progress=progress, **options)
+                    progress=progress, fast=task.fast, **options)
     elapsed = time.perf_counter() - t0
     record = {k: v for k, v in res.to_dict().items() if k != "spec"}
     record.update(sigma=float(res.sigma), model=task.model.name, defense=task.defense.calibration_dict(),
