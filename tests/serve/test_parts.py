@@ -44,6 +44,18 @@ def test_rate_limiter_uses_the_strictest_window_per_client():
     assert rl.check("a", {"per_second": None, "per_minute": None}, 1000, 0.5).wait == 0.0
 
 
+def test_a_reservation_taken_back_leaves_the_window():
+    w = SlidingWindow(5, 60.0)
+    w.add(3, 0.0)
+    w.add(2, 1.0)
+    assert w.wait(1, 2.0) > 0
+    w.remove(2, 1.0)  # a reserved request that was never answered
+    assert w.wait(2, 2.0) == 0.0 and w.wait(3, 2.0) > 0
+    w.remove(3, 0.0)
+    w.remove(3, 0.0)  # gone already: nothing more to take back
+    assert w.wait(5, 2.0) == 0.0
+
+
 # -- key files ------------------------------------------------------------------------------------------------
 
 
@@ -104,6 +116,21 @@ def test_query_log_persists_totals_and_classes(tmp_path):
     recs = log.records("alice")
     assert [r.classes for r in recs] == [(3, 1, 4), (9, 2)] and recs[0].time == 100.0
     assert [r.key_name for r in log.records()] == ["alice", "bob", "alice"]
+    log.close()
+
+
+def test_query_log_commits_a_batch_of_rows_all_or_nothing(tmp_path):
+    from rfd.serve.querylog import LogEntry
+
+    log = QueryLog(tmp_path / "log.sqlite")
+    ids = log.record_many([LogEntry("alice", "abc", torch.tensor([1, 2]), "logits"),
+                           LogEntry("bob", "def", torch.tensor([0]), "logits")], when=5.0)
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    with pytest.raises(sqlite3.IntegrityError):  # the second row breaks a constraint (no images): neither is kept
+        log.record_many([LogEntry("alice", "abc", torch.tensor([3]), "logits"),
+                         LogEntry("bob", "def", torch.tensor([], dtype=torch.int64), "logits")])
+    assert log.totals() == {"alice": 2, "bob": 1}
+    assert [(r.key_name, r.classes, r.time) for r in log.records()] == [("alice", (1, 2), 5.0), ("bob", (0,), 5.0)]
     log.close()
 
 

@@ -6,17 +6,22 @@ Endpoints:
   :mod:`rfd.serve.schemas`); every image is one query charged to the key.
 * ``GET /v1/usage`` (API key): the key's account (used, budget, remaining) and rate limits.
 * ``GET /v1/info``: model name, input shape, classes, output kind, defense family, request limits.
+* ``GET /v1/stats`` (API key; only with ``ServeConfig(expose_stats=True)``, ``rfd serve --expose-stats``): the
+  server's per-stage timings (:meth:`PredictionService.stats`).
 * ``GET /healthz``: liveness.
 * ``GET /openapi.json`` (and ``/docs``): the OpenAPI schema.
 
 Errors are JSON ``{"detail": "..."}`` with a 4xx status: 400 malformed body, 401 missing/unknown key,
 403 budget exhausted, 408 body too slow, 413 body or batch too large, 422 bad images, 429 rate limit
-(with ``Retry-After``). An unexpected failure is logged and answered 500; the server keeps serving.
+(with ``Retry-After``), 503 shutting down. An unexpected failure is logged and answered 500; the server keeps
+serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -90,7 +95,7 @@ def create_app(
         info: what /v1/info says and what inputs are accepted.
         keys: API keys with budgets and rate limits.
         db: SQLite query log path; created if absent, and per-key usage is counted from it on start.
-        config: output kind and limits (default: :class:`ServeConfig` defaults).
+        config: output kind, limits and batching (default: :class:`ServeConfig` defaults).
         detector: a stateful detector in front of the model (a spec or its text, e.g. ``"blacklight"``): one
             account per key, its histories and bans persisted in ``db``.
         detector_seed: the detector's secret salt seed; None uses the one stored in ``db`` (a random one the
@@ -144,14 +149,21 @@ def create_app(
         key = service.authenticate(api_key)
         body = await request.body()
         try:
-            answer = await run_in_threadpool(service.predict_body, key, body)
+            # decoding and admission in a worker thread (they can take milliseconds); the forward step then runs
+            # on the batcher thread (or, without batching, in that worker thread) while the event loop waits
+            # without blocking
+            pending = await run_in_threadpool(service.submit_body, key, body)
+            answered = await asyncio.wrap_future(pending)
+            t0 = time.perf_counter()
+            response = JSONResponse(service.render(answered))
+            service.stage_stats.add("encode", time.perf_counter() - t0)
         except ServeError:
             raise
         except Exception:  # a bug, not the client's fault: log it, answer 500, keep serving
             logger.exception("predict failed for key %r", key.name)
             return JSONResponse({"detail": "internal error while answering; the operator has the log"},
                                 status_code=500)
-        return JSONResponse(answer)
+        return response
 
     @app.get("/v1/usage", response_model=UsageResponse, responses={401: _ERRORS[401]},
              response_model_exclude_unset=True)  # the detector fields only where a detector runs
@@ -164,6 +176,14 @@ def create_app(
     async def info_() -> dict[str, Any]:
         """The served model: input shape, classes, output kind, defense family, request limits."""
         return service.describe()
+
+    if config.expose_stats:
+        @app.get("/v1/stats", responses={401: _ERRORS[401]})
+        async def stats(api_key: str | None = Security(_api_key)) -> dict[str, Any]:
+            """Where the server's time goes (operator setting ``expose_stats``): per-stage seconds and counts,
+            forwards, rows per forward, process CPU seconds, since start; nothing per key."""
+            service.authenticate(api_key)
+            return service.stats()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["SCHEMA_VERSION", "QueryLog", "QueryRecord"]
+__all__ = ["SCHEMA_VERSION", "LogEntry", "QueryLog", "QueryRecord"]
 
 SCHEMA_VERSION = 2
 
@@ -70,12 +71,26 @@ class QueryRecord:
     classes: tuple[int, ...]  # answered class per image
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One request to append (see :meth:`QueryLog.record`)."""
+
+    key_name: str
+    key_id: str
+    classes: torch.Tensor  # int (N,): the answered class per image, -1 for a refused one
+    output: str  # the output setting
+    flagged: torch.Tensor | None = None  # bool (N,): the detector's flags
+    signatures: torch.Tensor | None = None  # (M, D): detector signatures to keep in the key's history
+    ban: bool = False  # the key's session ends: its history is deleted and the ban stored
+
+
 class QueryLog:
     """Append-only SQLite log of answered requests.
 
     One connection, shared across the server's worker threads; the caller serializes calls (the server holds
-    its model lock around a forward and its log entry, so the log order is the answer order). Each record is
-    committed before the answer leaves the server: a crash loses no charged query.
+    its model lock around a forward step and its log entries, so the log order is the answer order). Each record
+    is committed before the answer leaves the server: a crash loses no charged query. :meth:`record_many` commits
+    the requests of one batched forward in one transaction (one commit instead of one per request).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -105,27 +120,38 @@ class QueryLog:
         With a detector: ``flagged`` bool (N,), the ``signatures`` (M, D) to keep in the key's history, and
         ``ban`` (the key's session ends: its history is deleted and the ban stored), all in one transaction with
         the request's row. Returns its id."""
-        labels = classes.tolist()
-        rows = [] if flagged is None else torch.nonzero(flagged.cpu()).flatten().tolist()
+        return self.record_many([LogEntry(key_name, key_id, classes, output, flagged=flagged, signatures=signatures,
+                                          ban=ban)], when=when)[0]
+
+    def record_many(self, entries: Sequence[LogEntry], when: float | None = None) -> list[int]:
+        """Append several answered requests (one row each, in order, with their detector state) in one
+        transaction: all are committed or none. Returns their ids. ``when``: unix seconds (default now)."""
+        now = time.time() if when is None else when
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            cur = self._db.execute(
-                "INSERT INTO queries (time, key_name, key_id, n_images, output, classes, flagged, flagged_rows) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time() if when is None else when, key_name, key_id, len(labels), output,
-                 ",".join(str(int(c)) for c in labels), len(rows), ",".join(str(r) for r in rows)),
-            )
-            if ban:
-                self._db.execute("DELETE FROM detector_history WHERE key_name = ?", (key_name,))
-                self._db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?)", (key_name, time.time()))
-            elif signatures is not None and signatures.shape[0]:
-                arr = signatures.detach().cpu().contiguous().numpy()
-                self._db.executemany("INSERT INTO detector_history (key_name, dtype, sig) VALUES (?, ?, ?)",
-                                     [(key_name, str(arr.dtype), r.tobytes()) for r in arr])
+            ids = [self._insert(e, now) for e in entries]
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        return ids
+
+    def _insert(self, e: LogEntry, now: float) -> int:
+        labels = e.classes.tolist()
+        rows = [] if e.flagged is None else torch.nonzero(e.flagged.cpu()).flatten().tolist()
+        cur = self._db.execute(
+            "INSERT INTO queries (time, key_name, key_id, n_images, output, classes, flagged, flagged_rows) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, e.key_name, e.key_id, len(labels), e.output, ",".join(map(str, labels)), len(rows),
+             ",".join(map(str, rows))),
+        )
+        if e.ban:
+            self._db.execute("DELETE FROM detector_history WHERE key_name = ?", (e.key_name,))
+            self._db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?)", (e.key_name, now))
+        elif e.signatures is not None and e.signatures.shape[0]:
+            arr = e.signatures.detach().cpu().contiguous().numpy()
+            self._db.executemany("INSERT INTO detector_history (key_name, dtype, sig) VALUES (?, ?, ?)",
+                                 [(e.key_name, str(arr.dtype), r.tobytes()) for r in arr])
         return int(cur.lastrowid or 0)
 
     def history(self, key_name: str, last: int | None = None) -> torch.Tensor | None:

@@ -50,6 +50,15 @@ class SlidingWindow:
         self._events.append((now, n))
         self._total += n
 
+    def remove(self, n: int, at: float) -> None:
+        """Take back ``n`` images added at time ``at`` (a reservation that was not answered); nothing if that
+        event has left the window already."""
+        try:
+            self._events.remove((at, n))
+        except ValueError:
+            return
+        self._total -= n
+
 
 @dataclass(frozen=True)
 class RateDecision:
@@ -85,7 +94,13 @@ class RateLimiter:
         return worst
 
     def add(self, client: str, limits: dict[str, int | None], n: int, now: float) -> None:
-        """Record ``n`` images answered for ``client`` at ``now``."""
+        """Record ``n`` images answered (or reserved) for ``client`` at ``now``."""
         for window, limit in limits.items():
             if limit is not None:
                 self._get(client, window, limit).add(n, now)
+
+    def remove(self, client: str, limits: dict[str, int | None], n: int, at: float) -> None:
+        """Take back ``n`` images recorded for ``client`` at ``at`` (see :meth:`SlidingWindow.remove`)."""
+        for window, limit in limits.items():
+            if limit is not None:
+                self._get(client, window, limit).remove(n, at)
