@@ -23,7 +23,7 @@ def test_flat_api_exports_the_building_blocks() -> None:
         cls = attacks.ATTACKS[name]
         assert getattr(attacks, cls.__name__) is cls and cls.__name__ in attacks.__all__, name
         assert getattr(attacks, cls.config_class.__name__) is cls.config_class, name
-    assert len(rfd.list_attacks()) == 16
+    assert len(rfd.list_attacks()) == 17
 
 
 def _readme_api_example() -> str:

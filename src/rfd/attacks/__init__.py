@@ -15,6 +15,7 @@ from rfd.attacks.cw import CarliniWagner, CarliniWagnerConfig
 from rfd.attacks.geoda import GeoDA, GeoDAConfig
 from rfd.attacks.hsja import HopSkipJump, HopSkipJumpConfig
 from rfd.attacks.nes import NES, NESConfig
+from rfd.attacks.nes_pi import NESPartialInfo, NESPartialInfoConfig
 from rfd.attacks.pgd import PGD, PGDConfig
 from rfd.attacks.prgf import PRGF, PRGFConfig
 from rfd.attacks.projections import project, project_l2, project_linf
@@ -51,6 +52,8 @@ __all__ = [
     "HopSkipJump",
     "HopSkipJumpConfig",
     "NESConfig",
+    "NESPartialInfo",
+    "NESPartialInfoConfig",
     "PGDConfig",
     "PRGFConfig",
     "RayS",

@@ -13,6 +13,7 @@ from rfd.attacks.cw import CarliniWagner
 from rfd.attacks.geoda import GeoDA
 from rfd.attacks.hsja import HopSkipJump
 from rfd.attacks.nes import NES
+from rfd.attacks.nes_pi import NESPartialInfo
 from rfd.attacks.pgd import PGD
 from rfd.attacks.prgf import PRGF
 from rfd.attacks.rays import RayS
@@ -30,7 +31,7 @@ __all__ = ["ATTACKS", "get_attack_class", "list_attacks", "make_attack"]
 # decision-based, surrogate-based (transfer, transfer prior), white-box.
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (
-        Square, NES, SignHunt, Bandits, SimBA, ZOSignSGD,
+        Square, NES, NESPartialInfo, SignHunt, Bandits, SimBA, ZOSignSGD,
         RayS, SignFlip, HopSkipJump, SignOPT, GeoDA, Boundary,
         Transfer, PRGF,
         PGD, CarliniWagner,

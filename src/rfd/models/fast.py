@@ -120,8 +120,9 @@ def _eager(m: nn.Module) -> bool:
 def _compile_around(m: nn.Module, compiled: list[str], prefix: str = "") -> None:
     """Compile (in place) every maximal sub-tree of ``m`` without an eager module; names go to ``compiled``."""
     if not any(_eager(s) for s in m.modules()):
+        # a parameter-free leaf (an activation between two hooked layers) is not worth a dynamo frame of its own
         if next(itertools.chain(m.parameters(), m.buffers()), None) is not None or list(m.children()):
-            m.compile()  # a parameter-free leaf (an activation) is not worth a dynamo frame of its own
+            m.compile()
             compiled.append(prefix or "<model>")
         return
     for name, child in m.named_children():
