@@ -35,6 +35,7 @@ import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.nes import nes_directions, nes_gradient, plateau_update
+from rfd.blackbox.losses import cross_entropy_loss
 
 __all__ = ["NESPartialInfo", "NESPartialInfoConfig", "pick_targets"]
 
@@ -119,12 +120,14 @@ class NESPartialInfo(Attack):
     config_class = NESPartialInfoConfig
 
     def _target_loss(self, state: AttackState, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (B,) of the target class from answers (B, K); NaN where the target is not visible."""
+        """Cross-entropy (B,) of the target class from answers (B, K); NaN where the target is not visible (a
+        hidden class, NaN, or a probability rounded to 0)."""
         s = scores.double()
-        if state.bb.output.probabilities:
-            p = s.gather(1, target[:, None]).squeeze(1)
-            return torch.where(p > 0, -torch.log(p), torch.full_like(p, float("nan")))
-        return -torch.log_softmax(s, 1).gather(1, target[:, None]).squeeze(1)
+        probabilities = state.bb.output.probabilities
+        loss = cross_entropy_loss(s.nan_to_num(0.0), target, probabilities=probabilities)
+        p = s.gather(1, target[:, None]).squeeze(1)
+        visible = p > 0 if probabilities else p.isfinite()
+        return torch.where(visible, loss, torch.full_like(loss, float("nan")))
 
     def _run(self, state: AttackState, gen: torch.Generator) -> None:
         cfg = self.config

@@ -25,6 +25,7 @@ detector (in ``check="charged"`` mode the votes are charged, as always, but not 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -234,11 +235,7 @@ def detection_figures(flagged: Sequence[float], first_flag: Sequence[float], que
     n = len(queries)
     if n == 0:
         return {"detected": math.nan, "first_flag": math.nan, "flagged": math.nan, "queries": math.nan}
-    hits = sorted(float(f) for f in first_flag if f > 0)
+    hits = [float(f) for f in first_flag if f > 0]
     spent = float(sum(queries))
-    median = math.nan
-    if hits:
-        mid = len(hits) // 2
-        median = hits[mid] if len(hits) % 2 else (hits[mid - 1] + hits[mid]) / 2
-    return {"detected": 100.0 * len(hits) / n, "first_flag": median,
+    return {"detected": 100.0 * len(hits) / n, "first_flag": statistics.median(hits) if hits else math.nan,
             "flagged": 100.0 * float(sum(flagged)) / spent if spent else math.nan, "queries": spent / n}

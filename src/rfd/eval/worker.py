@@ -165,18 +165,25 @@ class WorkerContext:
         if callable(remove):
             remove()
 
-    def defended(self, study: Study, cell: Cell, sigma: float | None, device: str) -> nn.Module:
+    def defended(self, study: Study, cell: Cell, sigma: float | None, device: str, fast: str = "plain"
+                 ) -> nn.Module:
+        """The cell's defended model, with the forward speed-ups ``fast`` (:func:`rfd.models.accelerate`): built
+        once per process, so a fast copy (and its compiled code) serves every chunk of the cell."""
         from rfd.defenses import defend
+        from rfd.models.fast import accelerate
 
         mkey = (cell.model, device)
-        key = (mkey, cell.defense, sigma)
+        key = (mkey, cell.defense, sigma, fast)
         if key in self._defended:
             self._defended.move_to_end(key)
             return self._defended[key]
         model = self.model(cell.model, device)
         spec = cell.defense if sigma is None else cell.defense.replace(sigma=float(sigma))
         calib = self.data(study).calib_images.to(device) if spec.scaled else None
-        d = defend(model, spec, seed=study.seed, calib_images=calib)
+        raw = defend(model, spec, seed=study.seed, calib_images=calib)
+        d = accelerate(raw, fast)
+        if d is not raw:  # the fast copy has hooks of its own: the original's come off the shared base model
+            raw.remove()
         self._defended[key] = d
         while len(self._defended) > self.max_defended:
             self._drop_defended(next(iter(self._defended)))
@@ -210,7 +217,7 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
     start, stop = study.chunk_bounds(task.chunk)
     x = data.images[start:stop]
     y = data.labels[start:stop]
-    defended = ctx.defended(study, cell, task.sigma, task.device)
+    defended = ctx.defended(study, cell, task.sigma, task.device, task.fast)
     if not task.attack_key:
         raise ValueError("ChunkTask.attack_key is empty: build tasks with attack_seed_key(cell.attack)")
     seed = task.seed
@@ -220,8 +227,7 @@ def execute_chunk(task: ChunkTask, ctx: WorkerContext | None = None, *, progress
     attack = make_cell_attack(cell.attack, seed)
     a = cell.attack
     bb: BlackBox = LocalBlackBox(defended, access=attack.blackbox_access(), output=a.output, budget=a.budget,
-                                 verify=a.verify, check=a.check, reevaluate=a.reevaluate,  # type: ignore[arg-type]
-                                 fast=task.fast)
+                                 verify=a.verify, check=a.check, reevaluate=a.reevaluate)  # type: ignore[arg-type]
     detector = ctx.detector(study, cell, task.device)
     if detector is not None:
         bb = StatefulBlackBox(bb, detector)
