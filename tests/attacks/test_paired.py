@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rfd.attacks import AttackResult, make_attack
-from rfd.attacks.nes import nes_directions
+from rfd.attacks.nes import antithetic_probes, nes_directions
 from rfd.attacks.rng import RowDraws, SampleStreams
 from rfd.attacks.square import l2_init, l2_proposal, linf_init, linf_proposal
 from rfd.blackbox import LocalBlackBox
@@ -89,3 +89,29 @@ def test_large_draws_are_split_but_stay_per_row(monkeypatch: pytest.MonkeyPatch)
     b = rng.SampleStreams(3, 0).rows(torch.tensor([1])).rand(1, 20)
     assert a.shape == (3, 20) and torch.equal(a[1], b[0])
     assert len({tuple(r.tolist()) for r in a}) == 3 and bool((a >= 0).all() and (a < 1).all())
+
+
+def test_draws_in_cpu_blocks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU draws go through the rows in cache-sized blocks; the block size must not change a single value."""
+    from rfd.attacks import rng
+
+    idx = torch.tensor([3, 0, 5, 2])
+
+    def draws() -> list[torch.Tensor]:
+        rows = rng.SampleStreams(6, 7).rows(idx)
+        return [rows.randn(4, 3, 5, 5), rows.rand(4, 2, 9), rows.randint(0, 7, 4, 11), rows.signs(4, 6)]
+
+    monkeypatch.setattr(rng, "_CPU_BLOCK", 1 << 20)  # every draw in one block
+    whole = draws()
+    monkeypatch.setattr(rng, "_CPU_BLOCK", 10)  # one row per block
+    blocked = draws()
+    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(whole, blocked))
+
+
+def test_antithetic_probes_are_both_clipped_halves_in_order() -> None:
+    x = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.99, 0.01]])  # (B=2, 3)
+    u = torch.tensor([[[1.0, -1.0, 2.0], [0.5, 3.0, -2.0]]])  # (P=1, B, 3)
+    out = antithetic_probes(x, u, 0.1)
+    want = torch.cat([(x + 0.1 * u).clamp(0.0, 1.0), (x - 0.1 * u).clamp(0.0, 1.0)])
+    assert out.shape == (2, 2, 3) and torch.equal(out, want)
+    assert torch.allclose(out[0, 0], torch.tensor([0.1, 0.4, 1.0])) and torch.allclose(out[1, 1], torch.tensor([0.15, 0.69, 0.21]))

@@ -23,7 +23,7 @@ from rfd.attacks.base import Attack, AttackConfig, AttackState
 from rfd.attacks.projections import l2_normalize
 from rfd.attacks.rng import RowDraws, draws_for
 
-__all__ = ["NES", "NESConfig", "nes_directions", "nes_gradient", "nes_step", "plateau_update"]
+__all__ = ["NES", "NESConfig", "antithetic_probes", "nes_directions", "nes_gradient", "nes_step", "plateau_update"]
 
 # Upper bound on the elements of one probe batch (bounds memory for large images; same numbers either way).
 _MAX_PROBE_ELEMENTS = 2**25
@@ -109,6 +109,18 @@ def nes_directions(rows: RowDraws, pairs: int, shape: torch.Size | tuple[int, ..
     all from the image's own stream (one draw per row), so an image's probes do not depend on the other images."""
     b = rows.idx.shape[0]
     return rows.randn(b, pairs, *shape).transpose(0, 1)
+
+
+def antithetic_probes(x: torch.Tensor, u: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Probes (2P, B, ...) = ``[clip(x + sigma u); clip(x - sigma u)]`` for directions u (P, B, ...) around x
+    (B, ...), written into one buffer: the same values as building both halves and concatenating them, with
+    three passes over the probes' memory fewer (NES probes tens of MB per step)."""
+    k = u.shape[0]
+    out = torch.empty(2 * k, *u.shape[1:], dtype=torch.result_type(x, u), device=x.device)
+    d = u * sigma
+    torch.add(x, d, out=out[:k])
+    torch.sub(x, d, out=out[k:])
+    return out.clamp_(0.0, 1.0)
 
 
 def nes_step(x: torch.Tensor, grad: torch.Tensor, norm: str, lr: float | torch.Tensor) -> torch.Tensor:
@@ -204,7 +216,7 @@ class NES(Attack):
             for j in range(0, pairs, chunk):  # one batched query per chunk of pairs (usually a single chunk)
                 uj = u[j: j + chunk]
                 k = uj.shape[0]
-                probes = torch.cat([(xi + sigma * uj).clamp(0.0, 1.0), (xi - sigma * uj).clamp(0.0, 1.0)])
+                probes = antithetic_probes(xi, uj, sigma)
                 m = state.margin(probes.flatten(0, 1), idx.repeat(2 * k)).view(2 * k, b)
                 plus.append(m[:k])
                 minus.append(m[k:])
@@ -244,7 +256,7 @@ def _redraw_refused(state: AttackState, xi: torch.Tensor, idx: torch.Tensor, u: 
         p_i, b_i = torch.nonzero(bad, as_tuple=True)
         new_u = draws_for(state.rng, idx[b_i], tuple(xi.shape[1:]))
         base = xi[b_i]
-        probes = torch.cat([(base + sigma * new_u).clamp(0.0, 1.0), (base - sigma * new_u).clamp(0.0, 1.0)])
+        probes = antithetic_probes(base, new_u.unsqueeze(0), sigma).flatten(0, 1)
         m = state.margin(probes, idx[b_i].repeat(2))
         u = u.clone()
         u[p_i, b_i] = new_u

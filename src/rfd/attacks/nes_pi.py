@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from rfd.attacks.base import Attack, AttackConfig, AttackState
-from rfd.attacks.nes import nes_directions, nes_gradient, plateau_update
+from rfd.attacks.nes import antithetic_probes, nes_directions, nes_gradient, plateau_update
 from rfd.blackbox.losses import cross_entropy_loss
 
 __all__ = ["NESPartialInfo", "NESPartialInfoConfig", "pick_targets"]
@@ -151,7 +151,7 @@ class NESPartialInfo(Attack):
                 break
             xi, ti, b = x[idx], targets[idx], idx.numel()
             u = nes_directions(state.rng.rows(idx), pairs, xi.shape[1:])
-            probes = torch.cat([(xi + sigma * u).clamp(0.0, 1.0), (xi - sigma * u).clamp(0.0, 1.0)])
+            probes = antithetic_probes(xi, u, sigma)
             loss = self._target_loss(state, state.scores(probes.flatten(0, 1), idx.repeat(2 * pairs)),
                                      ti.repeat(2 * pairs)).view(2 * pairs, b)
             g = nes_gradient(u, loss[:pairs].float(), loss[pairs:].float(), sigma)

@@ -14,6 +14,7 @@ attack's device): no Python loop over images, no numpy, and the same numbers on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +26,7 @@ _M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _M2 = -7723592293110705685  # 0x94D049BB133111EB
 _STREAM = 0x5851F42D4C957F2D  # odd multiplier separating the samples' streams
 _PER_CALL = 1 << 23  # values per row and counter step (below the 24 bits the element index may use)
+_CPU_BLOCK = 1 << 16  # random bits mixed per block on CPU (512 KiB of int64: cache-sized)
 
 
 def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,18 +70,49 @@ class SampleStreams:
         """Draws for samples ``idx`` (int64 (B,)); every method of the result is one draw of each row's stream."""
         return RowDraws(self, idx)
 
-    def _bits(self, idx: torch.Tensor, per_row: int) -> torch.Tensor:
-        """int64 (B, per_row) of 64 random bits, then advance the rows' counters (once per 2^23 values: the
-        counter and the element index share one 64-bit input, 24 bits of it for the element)."""
-        if per_row > _PER_CALL:
-            parts = [self._bits(idx, min(_PER_CALL, per_row - j)) for j in range(0, per_row, _PER_CALL)]
-            return torch.cat(parts, 1)
-        ctr = self._counter[idx]
-        self._counter.index_add_(0, idx, torch.ones_like(idx))
-        # a distinct 64-bit input per (sample, counter, element): counter and element packed in 40 + 24 bits
+    def _draw(self, idx: torch.Tensor, n_bits: int, n_out: int,
+              transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """float32 (B, n_out) = ``transform(bits)`` of each row's int64 (., n_bits) random bits, then advance the
+        rows' counters (once per 2^23 values: the counter and the element index share one 64-bit input, 24 bits of
+        it for the element).
+
+        On CPU the rows go through in blocks of about 2^16 values: the bit mixing and the transform make a dozen
+        passes over their tensors, and an NES step draws tens of millions of values at once, so block by block
+        they stay in cache (4x faster in NES's draws). The values are the same either way: every operation is
+        elementwise."""
+        ctrs = []  # one counter per part of 2^23 values, as consecutive draws would use
+        for _ in range(0, n_bits, _PER_CALL):
+            ctrs.append(self._counter[idx])
+            self._counter.index_add_(0, idx, torch.ones_like(idx))
+        keys = self._key[idx]
+        out = torch.empty(idx.shape[0], n_out, dtype=torch.float32, device=self.device)
+        block = max(1, _CPU_BLOCK // n_bits) if self.device.type == "cpu" else max(1, idx.shape[0])
+        for r in range(0, idx.shape[0], block):
+            parts = [self._mixed(ctr[r: r + block], keys[r: r + block], min(_PER_CALL, n_bits - j * _PER_CALL))
+                     for j, ctr in enumerate(ctrs)]
+            out[r: r + block] = transform(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+        return out
+
+    def _mixed(self, ctr: torch.Tensor, key: torch.Tensor, per_row: int) -> torch.Tensor:
+        """int64 (b, per_row) of 64 random bits for rows at counters ``ctr`` with keys ``key`` (b,): a distinct
+        64-bit input per (sample, counter, element), counter and element packed in 40 + 24 bits."""
         elem = torch.arange(per_row, dtype=torch.int64, device=self.device)
-        z = (ctr[:, None] * (1 << 24) + elem[None, :] + 1).mul_(_GOLDEN).add_(self._key[idx, None])
+        z = (ctr[:, None] * (1 << 24) + elem[None, :] + 1).mul_(_GOLDEN).add_(key[:, None])
         return _mix_(z)
+
+
+def _unit_float(bits: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1) from the top 24 bits (exactly representable)."""
+    return _shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def _box_muller(bits: torch.Tensor) -> torch.Tensor:
+    """Standard normals (b, n) from bits (b, 2n): two uniforms in (0, 1) per value, in float64, then
+    ``sqrt(-2 log u1) cos(2 pi u2)`` computed in place (the same operations, hence the same values)."""
+    per = bits.shape[1] // 2
+    u = _shr(bits, 11).double().add_(0.5).mul_(1.0 / (1 << 53))  # (0, 1), never 0
+    u1, u2 = u[:, :per], u[:, per: 2 * per]
+    return u1.log_().mul_(-2.0).sqrt_().mul_(u2.mul_(2 * math.pi).cos_())
 
 
 class RowDraws:
@@ -95,9 +128,8 @@ class RowDraws:
         if not shape or shape[0] != self.idx.shape[0]:
             raise ValueError(f"draw shape {shape} must start with the {self.idx.shape[0]} rows")
         per = math.prod(shape[1:])
-        bits = self.streams._bits(self.idx, max(per, 1))[:, :per]
-        # the top 24 bits -> float32 in [0, 1) exactly representable
-        return (_shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))).view(shape)
+        # one value per element (at least one draw per row, so an empty shape still advances the counters)
+        return self.streams._draw(self.idx, max(per, 1), per, lambda bits: _unit_float(bits[:, :per])).view(shape)
 
     def rand(self, *shape: int) -> torch.Tensor:
         """Uniform [0, 1) float32 of ``shape`` = (B, ...)."""
@@ -120,12 +152,8 @@ class RowDraws:
         if not shape_t or shape_t[0] != self.idx.shape[0]:
             raise ValueError(f"draw shape {shape_t} must start with the {self.idx.shape[0]} rows")
         per = math.prod(shape_t[1:])
-        bits = self.streams._bits(self.idx, 2 * max(per, 1))
-        u = _shr(bits, 11).double().add_(0.5).mul_(1.0 / (1 << 53))  # (0, 1), never 0
-        u1, u2 = u[:, :per], u[:, per: 2 * per]
-        # in place on u (the same operations, hence the same values, as sqrt(-2 log u1) * cos(2 pi u2))
-        z = u1.log_().mul_(-2.0).sqrt_().mul_(u2.mul_(2 * math.pi).cos_())
-        return z.to(torch.float32).view(shape_t)
+        n_bits = 2 * max(per, 1)
+        return self.streams._draw(self.idx, n_bits, per, lambda bits: _box_muller(bits)[:, :per]).view(shape_t)
 
     def subset(self, rows: torch.Tensor) -> RowDraws:
         """Draws for a subset of these rows (``rows`` indexes into ``idx``: bool mask or int positions)."""
