@@ -124,10 +124,14 @@ class RowDraws:
         self.streams = streams
         self.idx = idx
 
-    def _uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+    def _per_row(self, shape: tuple[int, ...]) -> int:
+        """Values per row of a draw of ``shape``, which must start with the rows."""
         if not shape or shape[0] != self.idx.shape[0]:
             raise ValueError(f"draw shape {shape} must start with the {self.idx.shape[0]} rows")
-        per = math.prod(shape[1:])
+        return math.prod(shape[1:])
+
+    def _uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+        per = self._per_row(shape)
         # one value per element (at least one draw per row, so an empty shape still advances the counters)
         return self.streams._draw(self.idx, max(per, 1), per, lambda bits: _unit_float(bits[:, :per])).view(shape)
 
@@ -149,9 +153,7 @@ class RowDraws:
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normal float32 of ``shape`` = (B, ...) (Box-Muller on two uniforms of one draw)."""
         shape_t = tuple(shape)
-        if not shape_t or shape_t[0] != self.idx.shape[0]:
-            raise ValueError(f"draw shape {shape_t} must start with the {self.idx.shape[0]} rows")
-        per = math.prod(shape_t[1:])
+        per = self._per_row(shape_t)
         n_bits = 2 * max(per, 1)
         return self.streams._draw(self.idx, n_bits, per, lambda bits: _box_muller(bits)[:, :per]).view(shape_t)
 
