@@ -9,11 +9,16 @@ size of every model call the run makes (clean check, queries, uncounted verifica
 of bundled images, once before and once after the attack, and the ratio of the attack's wall time to the mean
 replay time is the overhead (everything the attack does besides forwarding). Goal: <= 1.05.
 The JSON also splits the attack's time into the time inside the model's forwards and the rest (the attack's own
-work), and compares the former with the replay: with plain forwards the same forwards ran 5-20% slower inside the
-attack than in a tight replay loop, most of the measured overhead. The likely cause: glibc returns the
-activations' memory (tens of MiB, served by mmap) to the OS after every forward and faults it in again on the
-next, and the attack's own allocations between forwards change when its dynamic mmap threshold adapts. The
-``heap`` run keeps that memory in the process, which tests it.
+work), compares the former with the replay, and counts the minor page faults taken inside the forwards (attack and
+replay). The same forwards run slower inside the attack than in a replay loop, most of the measured overhead, and
+the fault counts say why: glibc serves blocks above a dynamic threshold (at most 32 MiB) with mmap and returns them
+on free, and trims the heap's top, so a forward whose activations are tens of MiB maps and zero-fills them again;
+the attack's own allocations between forwards keep that threshold from settling (measured at 500 images x 150
+queries, plain: 2.7 million faults inside Square's forwards, none in the replay). The ``heap`` run keeps that
+memory in the process, which removes most of them. The replay forwards bundled images, and a CPU forward's speed
+depends a little on what the images hold (exact zeros are fast; NES's noisy probes measured 3-4% slower than clean
+images): a copy of every 20th input the attack forwards is timed against bundled images of the same batch sizes,
+interleaved, and ``ratio_same_content`` is the ratio with the replay scaled by that factor.
 The black box also times its success checks (clean check included) and the final re-evaluation, both uncounted
 forwards, so their share is reported apart from the queries' (``phases``).
 Without a trained checkpoint the model has random weights and the labels are its own predictions (so every
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import sys
 import time
 from collections import Counter
@@ -42,26 +48,38 @@ from rfd.models.fast import keep_heap
 from rfd.models.registry import get_entry
 
 GOAL = 1.05
+SAMPLE_EVERY = 20  # every 20th input is kept to measure how its content changes the forward's speed
 ATTACKS = ("square", "nes")
 MODEL = "fmnist-vgg"
 
 
-class BatchRecorder(nn.Module):
-    """Forwards to ``model``, records the batch size of every call and the time spent inside the model (a list
-    append and two clock reads per call: negligible)."""
+def minor_faults() -> int:
+    """This process's minor page faults so far (a page first touched after the OS handed it over: zero-filled)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    def __init__(self, model: nn.Module) -> None:
+
+class BatchRecorder(nn.Module):
+    """Forwards to ``model``, records the batch size of every call, the time spent inside the model and the page
+    faults taken there (a list append, two clock reads and two getrusage calls per call: negligible)."""
+
+    def __init__(self, model: nn.Module, sample_every: int = 0) -> None:
         super().__init__()
         self.model = model
         self.sizes: list[int] = []
         self.forward_s = 0.0
+        self.faults = 0
+        self.sample_every = sample_every
+        self.samples: list[torch.Tensor] = []  # a copy of every ``sample_every``-th input (0: none)
         self.num_classes = getattr(model, "num_classes", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sample_every and len(self.sizes) % self.sample_every == 0:
+            self.samples.append(x.detach().clone())
         self.sizes.append(int(x.shape[0]))
-        t0 = time.perf_counter()
+        f0, t0 = minor_faults(), time.perf_counter()
         out = self.model(x)
         self.forward_s += time.perf_counter() - t0
+        self.faults += minor_faults() - f0
         return out
 
 
@@ -74,13 +92,32 @@ def load_model() -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def replay(model: nn.Module, sizes: list[int], pool: torch.Tensor) -> float:
-    """Seconds to run plain forwards of the given batch sizes (images drawn from ``pool``, tiled if needed)."""
-    t0 = time.perf_counter()
+def replay(model: nn.Module, sizes: list[int], pool: torch.Tensor) -> tuple[float, int]:
+    """Seconds and minor page faults to run plain forwards of the given batch sizes (images drawn from ``pool``,
+    tiled if needed)."""
+    f0, t0 = minor_faults(), time.perf_counter()
     for b in sizes:
         x = pool[:b] if b <= pool.shape[0] else pool.repeat((b + pool.shape[0] - 1) // pool.shape[0], 1, 1, 1)[:b]
         model(x)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, minor_faults() - f0
+
+
+@torch.no_grad()
+def content_factor(model: nn.Module, samples: list[torch.Tensor], pool: torch.Tensor, passes: int = 2) -> float:
+    """Forward time of the attack's own inputs (``samples``) over that of bundled images at the same batch sizes,
+    interleaved one forward each: a CPU forward's speed depends a little on what the images hold (exact zeros are
+    fast), and the replay forwards bundled images, not the attack's queries."""
+    own = other = 0.0
+    for _ in range(passes):
+        for s in samples:
+            b = s.shape[0]
+            ref = pool[:b] if b <= pool.shape[0] else pool.repeat(-(-b // pool.shape[0]), 1, 1, 1)[:b]
+            t0 = time.perf_counter()
+            model(s)
+            t1 = time.perf_counter()
+            model(ref)
+            own, other = own + t1 - t0, other + time.perf_counter() - t1
+    return own / other if other > 0 else float("nan")
 
 
 class PhaseBlackBox(LocalBlackBox):
@@ -110,7 +147,7 @@ class PhaseBlackBox(LocalBlackBox):
 def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, budget: int
             ) -> dict[str, Any]:
     """One attack run and the replay of its forwards (see the module docstring)."""
-    rec = BatchRecorder(model).eval()
+    rec = BatchRecorder(model, sample_every=SAMPLE_EVERY).eval()
     attack = make_attack(name, norm="linf", eps=0.05, budget=budget, seed=0)
     replay(model, [x.shape[0]] * 3, pool)  # warm-up of the kernels at the attack's main batch size
     bb = PhaseBlackBox(rec, budget=budget, verify=9, recorder=rec)
@@ -118,10 +155,11 @@ def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool:
     res = attack.run(bb, x, y)
     attack_s = time.perf_counter() - t0
     sizes = list(rec.sizes)
-    replay_before = replay(model, sizes, pool)
-    replay_after = replay(model, sizes, pool)
+    replay_before, faults_before = replay(model, sizes, pool)
+    replay_after, faults_after = replay(model, sizes, pool)
     forward_s = (replay_before + replay_after) / 2
     ratio = attack_s / forward_s
+    content = content_factor(model, rec.samples, pool)
     checks = bb.phase_s["checks"] + bb.phase_s["reevaluation"]
     query_forward_s = rec.forward_s - bb.phase_forward_s["checks"] - bb.phase_forward_s["reevaluation"]
     hist = Counter(sizes)
@@ -134,6 +172,13 @@ def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool:
         "attack_in_forwards_s": rec.forward_s, "attack_outside_forwards_s": attack_s - rec.forward_s,
         "outside_forwards_fraction": (attack_s - rec.forward_s) / attack_s,
         "in_forwards_vs_replay": rec.forward_s / forward_s,
+        # the usual cause of the forwards' excess: memory the C library handed back to the OS and faults in again
+        # (each fault maps and zero-fills a 4 KiB page); the replays run after the attack, on a settled heap
+        "page_faults_in_forwards": rec.faults, "page_faults_replay": (faults_before + faults_after) // 2,
+        # the attack's own inputs vs the replay's bundled images, forward time at the same batch sizes; the ratio
+        # with the replay scaled by it: the overhead if the replay had forwarded the attack's queries themselves
+        "input_content_factor": content, "ratio_same_content": attack_s / (forward_s * content),
+        "sampled_inputs": len(rec.samples),
         # the uncounted forwards: success checks (the clean check included) and the final re-evaluation
         "phases": {"queries_forward_s": query_forward_s,
                    "checks_s": bb.phase_s["checks"], "checks_forward_s": bb.phase_forward_s["checks"],
