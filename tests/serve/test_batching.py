@@ -294,3 +294,16 @@ def test_cli_batching_flags(tmp_path, capsys) -> None:  # type: ignore[no-untype
                         (["--batch-max-rows", "0"], "--batch-max-rows must be >= 1")):
         assert main(base + flags) == 2
         assert says in capsys.readouterr().err
+
+
+
+def test_the_batcher_thread_forwards_as_the_calling_thread_does(make: Make) -> None:
+    # a new thread does not start with torch.set_num_threads' setting (OpenMP keeps it per thread): unless the
+    # batcher applies it, its first forwards run on the machine's default thread count, with other float rounding
+    model = served_mlp()
+    svc = make("threads", model=model, wait_ms=0.0)
+    xs = [images(6, seed) for seed in range(4)]
+    with torch.no_grad():
+        want = [model(x) for x in xs]
+    for x, w in zip(xs, want):
+        assert torch.equal(svc.submit(BOB, x).result(timeout=30).logits, w)

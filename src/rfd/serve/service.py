@@ -207,8 +207,13 @@ class PredictionService:
         self.stage_stats = StageStats()
         self._batcher: Batcher[_Request] | None = None
         if self.config.batching:
+            # a new thread does not inherit torch's intra-op thread count (OpenMP keeps it per thread): without
+            # this the batcher's forwards used the machine's default, not the process's setting (--threads), and
+            # their floats differed from the unbatched forward's in the last bit
+            threads = torch.get_num_threads()
             self._batcher = Batcher(self._step, wait_s=self.config.batch_wait_ms / 1e3,
-                                    max_rows=self.config.batch_max_rows)
+                                    max_rows=self.config.batch_max_rows,
+                                    on_start=lambda: torch.set_num_threads(threads))
 
     # -- access -----------------------------------------------------------------------------------------
     def authenticate(self, secret: str | None) -> ApiKey:
