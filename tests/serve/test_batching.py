@@ -296,14 +296,20 @@ def test_cli_batching_flags(tmp_path, capsys) -> None:  # type: ignore[no-untype
         assert says in capsys.readouterr().err
 
 
-
-def test_the_batcher_thread_forwards_as_the_calling_thread_does(make: Make) -> None:
+def test_steps_on_new_threads_forward_as_the_calling_thread_does(make: Make) -> None:
     # a new thread does not start with torch.set_num_threads' setting (OpenMP keeps it per thread): unless the
-    # batcher applies it, its first forwards run on the machine's default thread count, with other float rounding
+    # service applies it, forwards on the batcher thread or an HTTP worker thread run on the machine's default
+    # thread count, with other float rounding
     model = served_mlp()
-    svc = make("threads", model=model, wait_ms=0.0)
     xs = [images(6, seed) for seed in range(4)]
     with torch.no_grad():
         want = [model(x) for x in xs]
+    batched = make("threads-batched", model=model, wait_ms=0.0)
     for x, w in zip(xs, want):
-        assert torch.equal(svc.submit(BOB, x).result(timeout=30).logits, w)
+        assert torch.equal(batched.submit(BOB, x).result(timeout=30).logits, w)
+    unbatched = make("threads-unbatched", model=model, batching=False)
+    got: list[torch.Tensor] = []
+    worker = threading.Thread(target=lambda: got.extend(unbatched.submit(BOB, x).result().logits for x in xs))
+    worker.start()
+    worker.join(timeout=30)
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))

@@ -43,12 +43,12 @@ class Batcher(Generic[Q]):
     """Runs ``step(items)`` on a daemon thread for each coalesced group of queued items (see the module).
 
     ``step`` must answer every item's future; if it raises, the batcher fails the futures it left unanswered with
-    that exception, so no caller waits forever. The thread starts with the first item and first calls
-    ``on_start`` (per-thread settings the steps need); ``close()`` lets the queued items run, then ends it.
+    that exception, so no caller waits forever. The thread starts with the first item; ``close()`` lets the
+    queued items run, then ends it.
     """
 
     def __init__(self, step: Callable[[Sequence[Q]], None], *, wait_s: float, max_rows: int,
-                 name: str = "rfd-batcher", on_start: Callable[[], None] | None = None) -> None:
+                 name: str = "rfd-batcher") -> None:
         if not wait_s >= 0 or wait_s == float("inf"):
             raise ValueError(f"wait_s must be finite and >= 0 seconds, got {wait_s}")
         if max_rows < 1:
@@ -56,7 +56,6 @@ class Batcher(Generic[Q]):
         self.wait_s = wait_s
         self.max_rows = max_rows
         self._step = step
-        self._on_start = on_start
         self._queue: deque[Q] = deque()
         self._cv = threading.Condition()
         self._closing = False
@@ -108,8 +107,6 @@ class Batcher(Generic[Q]):
             return items
 
     def _loop(self) -> None:
-        if self._on_start is not None:
-            self._on_start()
         while (items := self._next()) is not None:
             try:
                 self._step(items)

@@ -183,6 +183,10 @@ class PredictionService:
         self.config = config or ServeConfig()
         self._clock = clock
         self._lock = threading.Lock()  # the model, the detector and the log: one forward step at a time
+        # steps run on the batcher thread or the HTTP server's worker threads, and a new thread does not inherit
+        # torch's intra-op thread count (OpenMP keeps it per thread): each applies the creator's count once
+        self._threads = torch.get_num_threads()
+        self._thread_local = threading.local()
         self._state = threading.Lock()  # the accounts below: used, reserved, rate windows, bans, flags
         self._limiter = RateLimiter()
         totals = log.totals()
@@ -207,13 +211,8 @@ class PredictionService:
         self.stage_stats = StageStats()
         self._batcher: Batcher[_Request] | None = None
         if self.config.batching:
-            # a new thread does not inherit torch's intra-op thread count (OpenMP keeps it per thread): without
-            # this the batcher's forwards used the machine's default, not the process's setting (--threads), and
-            # their floats differed from the unbatched forward's in the last bit
-            threads = torch.get_num_threads()
             self._batcher = Batcher(self._step, wait_s=self.config.batch_wait_ms / 1e3,
-                                    max_rows=self.config.batch_max_rows,
-                                    on_start=lambda: torch.set_num_threads(threads))
+                                    max_rows=self.config.batch_max_rows)
 
     # -- access -----------------------------------------------------------------------------------------
     def authenticate(self, secret: str | None) -> ApiKey:
@@ -360,6 +359,9 @@ class PredictionService:
         transaction, then charge each request. A request whose key is banned by then (by an earlier step, or an
         earlier request of this one) is refused 403, unscreened, unforwarded, unlogged and uncharged. If this
         raises, nothing is charged or logged."""
+        if not getattr(self._thread_local, "threads_set", False):  # else the machine's default thread count,
+            torch.set_num_threads(self._threads)  # and floats that differ from the caller's in the last bit
+            self._thread_local.threads_set = True
         sizes = [r.n for r in reqs]
         bounds = [0]
         for n in sizes:
