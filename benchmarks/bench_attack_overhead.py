@@ -13,11 +13,10 @@ work), compares the former with the replay, and counts the minor page faults tak
 replay). The same forwards run slower inside the attack than in a replay loop, most of the measured overhead, and
 the fault counts say why: glibc serves blocks above a dynamic threshold (at most 32 MiB) with mmap and returns them
 on free, and trims the heap's top, so a forward whose activations are tens of MiB maps and zero-fills them again;
-the attack's own allocations between forwards keep that threshold from settling (measured at 500 images x 150
-queries, plain: 2.7 million faults inside Square's forwards, none in the replay). The ``heap`` run keeps that
-memory in the process, which removes most of them. The replay forwards bundled images, and a CPU forward's speed
-depends a little on what the images hold (exact zeros are fast; NES's noisy probes measured 3-4% slower than clean
-images): a copy of every 20th input the attack forwards is timed against bundled images of the same batch sizes,
+the attack's own allocations between forwards keep that threshold from settling (``page_faults_in_forwards``
+against ``page_faults_replay``). The ``heap`` run keeps that memory in the process, which removes most of them.
+The replay forwards bundled images, and a CPU forward's speed depends a little on what the images hold (exact
+zeros are fast): a copy of every 20th input the attack forwards is timed against bundled images of the same batch sizes,
 interleaved, and ``ratio_same_content`` is the ratio with the replay scaled by that factor.
 The black box also times its success checks (clean check included) and the final re-evaluation, both uncounted
 forwards, so their share is reported apart from the queries' (``phases``).
@@ -91,14 +90,18 @@ def load_model() -> tuple[nn.Module, str]:
     return create_model(MODEL, pretrained=False), "random (no checkpoint; labels are the model's predictions)"
 
 
+def pool_batch(pool: torch.Tensor, b: int) -> torch.Tensor:
+    """``b`` images from ``pool`` (its first b, tiled if it holds fewer)."""
+    return pool[:b] if b <= pool.shape[0] else pool.repeat(-(-b // pool.shape[0]), 1, 1, 1)[:b]
+
+
 @torch.no_grad()
 def replay(model: nn.Module, sizes: list[int], pool: torch.Tensor) -> tuple[float, int]:
     """Seconds and minor page faults to run plain forwards of the given batch sizes (images drawn from ``pool``,
     tiled if needed)."""
     f0, t0 = minor_faults(), time.perf_counter()
     for b in sizes:
-        x = pool[:b] if b <= pool.shape[0] else pool.repeat((b + pool.shape[0] - 1) // pool.shape[0], 1, 1, 1)[:b]
-        model(x)
+        model(pool_batch(pool, b))
     return time.perf_counter() - t0, minor_faults() - f0
 
 
@@ -110,8 +113,7 @@ def content_factor(model: nn.Module, samples: list[torch.Tensor], pool: torch.Te
     own = other = 0.0
     for _ in range(passes):
         for s in samples:
-            b = s.shape[0]
-            ref = pool[:b] if b <= pool.shape[0] else pool.repeat(-(-b // pool.shape[0]), 1, 1, 1)[:b]
+            ref = pool_batch(pool, s.shape[0])
             t0 = time.perf_counter()
             model(s)
             t1 = time.perf_counter()

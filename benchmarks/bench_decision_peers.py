@@ -15,10 +15,10 @@ attack and budget B (250, 500, 1000):
   (the largest budget where there is none): the queries per image an attacker pays, lower is better;
 * ``forwards``: mean forwards per image (capped at the largest budget).
 
-Same distance, fewer queries (the issue's goal): per minimum-distance attack with peers (not SimBA), the target is the best peer's
-``median_dist@1000``; ``queries_to_target`` is, per implementation, the first forward count q at which the median
-over the clean-correct images of the best distance within q forwards is at most the target (None if never within
-the largest budget), and ``ratio`` is rfd's over the best peer's. rfd's other l_inf decision attacks (RayS,
+Same distance, fewer queries (the issue's goal): per minimum-distance attack with peers (not SimBA), the target
+is the best peer's ``median_dist@1000``; ``queries_to_target`` is, per implementation, the first forward count q
+at which the median over the clean-correct images of the best distance within q forwards is at most the target
+(None if never within the largest budget), and ``rfd_over_best_peer`` is rfd's count over the best peer's. rfd's other l_inf decision attacks (RayS,
 SignFlip; no peer package implements them) are judged against the HopSkipJump peers' target too.
 
 Pairs: HopSkipJump (l_inf, eps 0.05) rfd / ART / foolbox; Sign-OPT (l_inf) rfd / ART; GeoDA (l_inf) rfd / ART;
@@ -110,8 +110,8 @@ def queries_to(curve: np.ndarray, target: float) -> int | None:
 
 
 def same_distance(rows: list[dict[str, Any]], curves: dict[tuple[str, str], np.ndarray]) -> dict[str, Any]:
-    """Per minimum-distance attack with peers: the best peer's median distance at the largest budget, the forwards each
-    implementation needs to reach it, and rfd's over the best peer's (goal <= 0.7)."""
+    """Per minimum-distance attack with peers: the best peer's median distance at the largest budget, the forwards
+    each implementation needs to reach it, and rfd's over the best peer's (goal <= 0.7)."""
     top, out = BUDGETS[-1], {}
     for name in [a for a in MIN_DISTANCE if any(r["attack"] == a for r in rows)]:
         peer_rows = [r for r in rows if r["attack"] == name and r["impl"] != "rfd"
@@ -122,8 +122,7 @@ def same_distance(rows: list[dict[str, Any]], curves: dict[tuple[str, str], np.n
         queries = {f"{r['attack']}:{r['impl']}": queries_to(curves[(r["attack"], r["impl"])], target)
                    for r in rows if r["attack"] == name or (r["impl"] == "rfd" and r["attack"] in
                                                             ALSO_JUDGED.get(name, ()))}
-        best_peer = min((q for k, q in queries.items() if not k.endswith(":rfd") and k.startswith(name + ":")
-                         and q is not None), default=None)
+        best_peer = min((q for r in peer_rows if (q := queries[f"{name}:{r['impl']}"]) is not None), default=None)
         ratios = {k: (None if q is None or best_peer is None else q / best_peer)
                   for k, q in queries.items() if k.endswith(":rfd")}
         out[name] = {"target_median_dist": target, "queries_to_target": queries, "best_peer_queries": best_peer,
