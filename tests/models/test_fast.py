@@ -115,5 +115,7 @@ def test_keep_heap_is_idempotent_and_in_effect_on_glibc() -> None:
     assert keep_heap() is first
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first, "glibc has mallopt: the heap option must take effect"
-    fast = accelerate(nn.Linear(3, 2), "heap")
+    lin = nn.Linear(3, 2)
+    assert accelerate(lin, "heap") is lin  # heap alone changes the process, not the model: no copy
+    fast = accelerate(lin, "inference,heap")
     assert isinstance(fast, FastModel) and fast.heap_kept is first

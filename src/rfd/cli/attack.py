@@ -18,6 +18,7 @@ from rfd.cli.common import (
     add_fast_arg,
     add_output_arg,
     emit,
+    fast_from_args,
     parse_key_values,
     resolve_device,
 )
@@ -114,7 +115,7 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
             raise CLIError("--remote needs --api-key")
         if args.defense != "none":
             raise CLIError("--defense applies to a local model; with --remote the defense lives in the server")
-        if not args.fast.plain:
+        if args.fast is not None:
             raise CLIError("--fast applies to a local model; with --remote the server forwards")
         bb = RemoteBlackBox(args.remote, args.api_key, access=access, output=args.output,  # type: ignore[arg-type]
                             budget=budget, verify=args.verify, verify_api_key=args.verify_api_key, check=args.check,
@@ -124,7 +125,7 @@ def make_blackbox(args: argparse.Namespace, model: nn.Module, *, access: str, bu
         return bb
     return LocalBlackBox(model, access=access, output=args.output or "logits",  # type: ignore[arg-type]
                          budget=budget, verify=args.verify, check=args.check, reevaluate=args.reevaluate,
-                         fast=args.fast)
+                         fast=fast_from_args(args))
 
 
 def _with_detector(args: argparse.Namespace, bb: Any, model: nn.Module, calib: torch.Tensor) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfd.cli.common import add_common, add_fast_arg, emit, resolve_device
+from rfd.cli.common import add_common, add_fast_arg, emit, fast_from_args, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rfd.eval.demo import run_demo
 
     res = run_demo(args.out, n=args.n, budget=args.budget, drop=args.drop, device=str(resolve_device(args.device)),
-                   fast=str(args.fast), progress=not args.quiet, workers=args.workers, threads=args.threads)
+                   fast=str(fast_from_args(args)), progress=not args.quiet, workers=args.workers, threads=args.threads)
     text = (res.table_md + "\n" + f"report: {res.paths['report']}\nplot:   {res.paths['plot']}\n"
             f"store:  {res.paths['db']}\n" + f"done in {res.elapsed_s:.0f} s")
     emit(args, res.to_dict(), text)

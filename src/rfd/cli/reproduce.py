@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rfd.cli.common import CLIError, add_common, add_fast_arg, emit, resolve_device
+from rfd.cli.common import CLIError, add_common, add_fast_arg, emit, fast_from_args, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         emit(args, st, f"{st['cells']} cells x {st['chunks_per_cell']} chunks; {st['units_done']} of "
              f"{st['units_total']} chunks stored; {st['calibrations_needed']} calibration(s) to run")
         return 0
-    res = reproduce(args.table, args.scale, out=out, db=db, device=device, fast=str(args.fast), shard=shard, executor=args.executor,
+    res = reproduce(args.table, args.scale, out=out, db=db, device=device, fast=str(fast_from_args(args)), shard=shard, executor=args.executor,
                     address=args.address, workers=args.workers, threads=args.threads, progress=not args.quiet)
     emit(args, res.to_dict(), res.report + f"\nscale {args.scale}: {note}\nreport: {res.paths['report']}\n"
          + ("" if res.summary.complete else "INCOMPLETE (this shard or an interrupted run): run again to finish\n"))

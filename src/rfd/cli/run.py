@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from rfd.cli.common import CLIError, add_common, add_fast_arg, emit, resolve_device
+from rfd.cli.common import CLIError, add_common, add_fast_arg, emit, fast_from_args, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.ray_gpus is not None:
         raise CLIError("--ray-gpus applies to --executor ray only")
     try:
-        summary = run_study(study, args.db, device=device, fast=str(args.fast), shard=shard, executor=args.executor, address=args.address,
+        summary = run_study(study, args.db, device=device, fast=str(fast_from_args(args)), shard=shard, executor=args.executor, address=args.address,
                             executor_options=options, calibrate_only=args.calibrate_only, max_units=args.max_units,
                             progress=not args.quiet, workers=args.workers)
     except StoreError as exc:

@@ -24,7 +24,7 @@ import logging
 import math
 from typing import Any
 
-from rfd.cli.common import CLIError, add_common, add_fast_arg, add_output_arg, resolve_device
+from rfd.cli.common import CLIError, add_common, add_fast_arg, add_output_arg, fast_from_args, resolve_device
 from rfd.cli.data_args import add_data_args, data_spec_from_args
 from rfd.cli.defense_args import add_defense_args, defend_from_args
 from rfd.cli.model_args import add_model_args, model_from_args
@@ -113,7 +113,7 @@ def build_app(args: argparse.Namespace) -> Any:
     model = model_from_args(args, resolve_device(args.device))
     data = data_spec_from_args(args)
     defended, defense = defend_from_args(args, model, data)
-    served = accelerate(defended, args.fast)  # answers equal the plain forward's up to float tolerance
+    served = accelerate(defended, fast_from_args(args))  # answers equal the plain forward's up to float tolerance
     info = ModelInfo(name=args.model, input_shape=tuple(model.input_shape),  # type: ignore[arg-type]
                      num_classes=int(model.num_classes), classes=_class_names(args.model), defense=defense)
     detector, benign = None, None

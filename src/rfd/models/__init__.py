@@ -2,7 +2,7 @@
 
 from rfd.models.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from rfd.models.classifier import ImageClassifier
-from rfd.models.fast import FastModel, FastSpec, accelerate, parse_fast
+from rfd.models.fast import FastModel, FastSpec, accelerate, keep_heap, parse_fast
 from rfd.models.loading import TIMM_PREFIX, load_model
 from rfd.models.registry import ModelEntry, create_model, get_entry, list_models, register_model
 from rfd.models.timm_adapter import create_timm_classifier
@@ -20,6 +20,7 @@ __all__ = [
     "create_timm_classifier",
     "evaluate_accuracy",
     "get_entry",
+    "keep_heap",
     "list_models",
     "load_checkpoint",
     "load_model",

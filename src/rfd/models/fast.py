@@ -15,6 +15,9 @@ of the undefended model (labels equal; the tests check it on the reference model
   batch 256: 51 MiB per conv output) maps, zero-fills and unmaps them on every call. ``mallopt`` raising the
   mmap threshold to 1 GiB and disabling heap trimming keeps that memory in the process (its resident size stays
   at its peak); measured 12-15% faster forwards of fmnist-vgg at 1 thread (``benchmarks/bench_fast_forward.py``).
+  It changes nothing about the model (:func:`accelerate` returns the model itself for ``heap`` alone) and no
+  answer, bit for bit, so the ``rfd`` commands default to it (``--fast plain`` turns it off); the library does not,
+  because it would change the allocator of the process that imports it.
 
 Why not one compiled graph with the defense inside: a randomized module (a defense, a model set: anything with a
 ``manual_seed``) draws from its own seeded ``torch.Generator``, which dynamo cannot put in a graph (an opaque
@@ -190,9 +193,12 @@ class FastModel(nn.Module):
 
 def accelerate(model: nn.Module, fast: str | FastSpec | None) -> nn.Module:
     """``model`` with the forward speed-ups ``fast`` (:func:`parse_fast`): a :class:`FastModel`, or ``model``
-    itself when every option is off or it already is a fast model with the same options."""
+    itself when no option changes the model (all off, or ``heap`` alone: that one is applied to the process here)
+    or it already is a fast model with the same options."""
     spec = parse_fast(fast)
-    if spec.plain or (isinstance(model, FastModel) and model.spec == spec):
+    if spec.heap:
+        keep_heap()
+    if spec.plain or spec == FastSpec(heap=True) or (isinstance(model, FastModel) and model.spec == spec):
         return model
     if isinstance(model, FastModel):
         model = model.inner
