@@ -7,7 +7,9 @@ of fmnist-vgg through a LocalBlackBox, first with plain forwards, then with the 
 (:mod:`rfd.models.fast`: process-wide, so it is applied after every plain run). A thin wrapper records the batch
 size of every model call the run makes (clean check, queries, uncounted verification forwards). Then the same sequence of batch sizes is replayed as plain forwards
 of bundled images, once before and once after the attack, and the ratio of the attack's wall time to the mean
-replay time is the overhead (everything the attack does besides forwarding). Goal: <= 1.05.
+replay time is the overhead (everything the attack does besides forwarding). Goal: <= 1.05, judged on
+``ratio_same_content`` (below) of the ``heap`` runs, the ``rfd`` commands' default; the plain runs (the library's
+default) and the raw ``ratio`` are reported beside it.
 The JSON also splits the attack's time into the time inside the model's forwards and the rest (the attack's own
 work), compares the former with the replay, and counts the minor page faults taken inside the forwards (attack and
 replay). The same forwards run slower inside the attack than in a replay loop, most of the measured overhead, and
@@ -16,8 +18,10 @@ on free, and trims the heap's top, so a forward whose activations are tens of Mi
 the attack's own allocations between forwards keep that threshold from settling (``page_faults_in_forwards``
 against ``page_faults_replay``). The ``heap`` run keeps that memory in the process, which removes most of them.
 The replay forwards bundled images, and a CPU forward's speed depends a little on what the images hold (exact
-zeros are fast): a copy of every 20th input the attack forwards is timed against bundled images of the same batch sizes,
-interleaved, and ``ratio_same_content`` is the ratio with the replay scaled by that factor.
+zeros are fast, the attacks' noisy queries slow: most of it is max-pooling, whose CPU kernel branches on the
+values): a copy of every 20th input the attack forwards is timed against bundled images of the same batch sizes,
+interleaved (``input_content_factor``), and ``ratio_same_content`` is the ratio with the replay scaled by that
+factor: the attack's time over the time its own queries would take alone, the overhead the goal is about.
 The black box also times its success checks (clean check included) and the final re-evaluation, both uncounted
 forwards, so their share is reported apart from the queries' (``phases``).
 Without a trained checkpoint the model has random weights and the labels are its own predictions (so every
@@ -165,11 +169,11 @@ def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool:
     checks = bb.phase_s["checks"] + bb.phase_s["reevaluation"]
     query_forward_s = rec.forward_s - bb.phase_forward_s["checks"] - bb.phase_forward_s["reevaluation"]
     hist = Counter(sizes)
-    print(f"{name}: attack {attack_s:.2f}s vs forwards alone {forward_s:.2f}s: ratio {ratio:.3f} (goal <= {GOAL})",
-          file=sys.stderr, flush=True)
+    print(f"{name}: attack {attack_s:.2f}s vs forwards alone {forward_s:.2f}s: ratio {ratio:.3f}, "
+          f"{ratio / content:.3f} with the attack's own inputs (goal <= {GOAL})", file=sys.stderr, flush=True)
     return {
         "attack_s": attack_s, "forwards_alone_s": forward_s, "replay_before_s": replay_before,
-        "replay_after_s": replay_after, "ratio": ratio, "meets_goal": ratio <= GOAL,
+        "replay_after_s": replay_after, "ratio": ratio,
         # where the attack's time goes: inside the model's forwards vs everything else the attack does
         "attack_in_forwards_s": rec.forward_s, "attack_outside_forwards_s": attack_s - rec.forward_s,
         "outside_forwards_fraction": (attack_s - rec.forward_s) / attack_s,
@@ -180,6 +184,7 @@ def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool:
         # the attack's own inputs vs the replay's bundled images, forward time at the same batch sizes; the ratio
         # with the replay scaled by it: the overhead if the replay had forwarded the attack's queries themselves
         "input_content_factor": content, "ratio_same_content": attack_s / (forward_s * content),
+        "meets_goal": attack_s / (forward_s * content) <= GOAL, "raw_ratio_meets_goal": ratio <= GOAL,
         "sampled_inputs": len(rec.samples),
         # the uncounted forwards: success checks (the clean check included) and the final re-evaluation
         "phases": {"queries_forward_s": query_forward_s,
@@ -194,6 +199,14 @@ def measure(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, pool:
         "robust_accuracy": res.robust_accuracy(),
         **{k: (v if math.isfinite(v) else None) for k, v in res.query_stats().items()},  # NaN -> null
     }
+
+
+def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """The goal, judged on the attacks' own inputs with heap (the commands' default); plain (the library's
+    default) and the raw ratio beside it."""
+    return {"meets_goal": all(r["meets_goal"] for r in runs["heap"].values()),
+            "meets_goal_plain": all(r["meets_goal"] for r in runs["plain"].values()),
+            "raw_ratio_meets_goal": all(r["raw_ratio_meets_goal"] for r in runs["heap"].values())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         runs[fast] = {name: measure(model, name, x, y, pool, budget) for name in ATTACKS}
     result = {
         "target": "Square and NES l_inf wall time / time of the same forwards (same batch sizes) alone",
-        "goal": f"ratio <= {GOAL}", "meets_goal": all(r["meets_goal"] for r in runs["heap"].values()),
+        "goal": f"ratio_same_content <= {GOAL} with heap (the commands' default)", **verdict(runs),
         "model": MODEL, "weights": weights, "n": n, "budget": budget, "eps": 0.05, "verify": 9,
         "quick": args.quick, "threads": args.threads, "torch": torch.__version__,
         "ratio": {f: {a: r["ratio"] for a, r in rs.items()} for f, rs in runs.items()},
+        "ratio_same_content": {f: {a: r["ratio_same_content"] for a, r in rs.items()} for f, rs in runs.items()},
         "heap_attack_speedup": {a: runs["plain"][a]["attack_s"] / runs["heap"][a]["attack_s"] for a in ATTACKS},
         "runs": runs,
     }

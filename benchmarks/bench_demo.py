@@ -3,7 +3,8 @@
     python benchmarks/bench_demo.py [--quick] [--threads 2] [--workers 1] [--out benchmarks/results/demo.json]
 
 Runs the demo study (fmnist-vgg; none / input / feature noise at a 2-point drop; Square l_inf and RayS; 200
-images, 1000 queries) into a fresh temporary folder, exactly as `rfd demo` does. Goal: the whole job within 600 s
+images, 1000 queries) into a fresh temporary folder, exactly as `rfd demo` does (its default --fast included:
+--fast sets another). Goal: the whole job within 600 s
 on 2 CPU cores. The runner overhead ratio is total wall time / (calibration time + attack time of every chunk):
 what planning, storing, progress and the report cost on top of the computation (goal <= 1.05).
 --quick: 20 images, 100 queries (checks the script works; its time says nothing about the goal).
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads: per worker (default 1) with several workers, else torch's default")
     ap.add_argument("--workers", type=int, default=None, help="local worker processes (default: the demo's, one per core)")
     ap.add_argument("--out", default=None, help="JSON file to write")
+    ap.add_argument("--fast", default=None, help="forward speed-ups (default: rfd demo's, rfd.cli.common.CLI_FAST_DEFAULT)")
     args = ap.parse_args(argv)
+    from rfd.cli.common import CLI_FAST_DEFAULT
     from rfd.eval.demo import default_workers, run_demo
     from rfd.eval.store import ResultStore
 
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     n, budget = (20, 100) if args.quick else (200, 1000)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_demo(Path(tmp) / "demo", n=n, budget=budget, progress=False, workers=workers,
+        fast = args.fast if args.fast is not None else CLI_FAST_DEFAULT
+        res = run_demo(Path(tmp) / "demo", n=n, budget=budget, progress=False, workers=workers, fast=fast,
                        threads=args.threads if workers > 1 else None)
         total = time.perf_counter() - t0
         with ResultStore(res.paths["db"]) as store:
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": f"total <= {GOAL_S:.0f} s on 2 CPU cores; overhead <= {GOAL_OVERHEAD}",
         "meets_goal": (total <= GOAL_S) if not args.quick else None,
         "quick": args.quick, "n": n, "budget": budget, "threads": args.threads or torch.get_num_threads(),
-        "workers": workers,
+        "workers": workers, "fast": fast,
         "torch": torch.__version__, "total_s": total, "calibration_s": float(cal[0]),
         "calibration_forwards": int(cal[1]), "attack_s": attack_s, "overhead_ratio": overhead,
         "forwards": forwards, "forwards_per_s": forwards / total,
