@@ -22,6 +22,9 @@ plain eager PyTorch in this process; ``in_process_heap`` is the same forward aft
 too (measured last, back to back with the plain one: the setting cannot be undone), and
 ``served_over_in_process_heap_on`` compares the default server with it, like with like.
 
+Memory: each server's resident size (now and at its peak, /proc) is read once all of them sit idle after their
+requests (``server_memory_mib``; ``idle_rss_mib_on`` vs ``idle_rss_mib_on_plain``: what the default's heap keeps).
+
 Where the time goes: the server's per-stage counters (GET /v1/stats, read before and after each round's
 concurrent requests, so warm-up and the one-client requests are left out; see rfd.serve.stats) give per request the wall
 seconds spent decoding, in admission, queued, in the forward, in the SQLite log write and building the JSON
@@ -167,8 +170,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 @contextmanager
-def serving(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
-    """`rfd serve` in a subprocess, up (healthz answers) for the block, terminated after it."""
+def serving(cmd: list[str], env: dict[str, str], url: str) -> Iterator[int]:
+    """`rfd serve` in a subprocess, up (healthz answers) for the block (which gets its pid), terminated after it."""
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -184,7 +187,7 @@ def serving(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
             if time.monotonic() > deadline:
                 raise TimeoutError("rfd serve did not come up within 120 s")
             time.sleep(0.2)
-        yield
+        yield server.pid
     finally:
         server.terminate()
         try:
@@ -192,6 +195,15 @@ def serving(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _memory_mib(pid: int) -> dict[str, float] | None:
+    """Resident memory of process ``pid`` now and at its peak, MiB (Linux /proc; None elsewhere)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _machine_busy_s() -> float | None:
@@ -345,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         times16: list[float] = []
         sequential = {}
         charged = {}
+        pids = {}
         with contextlib.ExitStack() as stack, defend(model, DefenseSpec(family="feature", sigma=SIGMA)) as d:
             for name in names:  # all servers up at once, idle but for the one being measured
                 port = urls[name].rsplit(":", 1)[1]
-                stack.enter_context(serving(base_cmd + ["--db", str(tmp / f"{name}.sqlite"), "--port", port]
+                pids[name] = stack.enter_context(serving(base_cmd + ["--db", str(tmp / f"{name}.sqlite"), "--port", port]
                                             + modes[name], env, urls[name]))
                 asyncio.run(load(urls[name], body, warm, args.clients))  # warm-up, not measured
             for rnd in range(rounds):  # rounds interleave the modes and the in-process runs: each sees the machine
@@ -359,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 sequential[name] = asyncio.run(load(urls[name], body, 30 if args.quick else 200, 1))[:2]
                 charged[name] = httpx.get(f"{urls[name]}/v1/usage", headers=HEADERS).json()["used"]
+            time.sleep(1.0)  # every server idle: what it keeps resident between requests
+            memory = {name: _memory_mib(pid) for name, pid in pids.items()}
             stack.close()  # servers stopped: the in-process speed at the coalesced batch size, with no server running
             achieved = {name: max(1, round(sum(w["rows"] for w in windows[name])
                                            / max(1, sum(w["forwards"] for w in windows[name]))))
@@ -381,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name] = summarize(modes[name], windows[name], sequential[name], charged[name], logged, warm,
                                    args.batch)
             r = runs[name]
+            r["server_memory_mib"] = memory[name]
             print(f"{name}: {r['served_images_per_s']:.0f} images/s, {r['mean_rows_per_forward']:.1f} rows per "
                   f"forward, p99 {r['latency_ms']['p99']:.1f} ms", file=sys.stderr, flush=True)
     base = _speed(args.batch, times16)
@@ -424,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         "served_images_per_s_on_plain": on_plain["served_images_per_s"],
         "served_over_in_process_on_plain": on_plain["served_over_in_process"],
         "p99_ms_on_plain": on_plain["latency_ms"]["p99"],
+        # what the default's heap costs: the idle server's resident memory over the same server with --fast plain
+        "idle_rss_mib_on": (on["server_memory_mib"] or {}).get("rss_mib"),
+        "idle_rss_mib_on_plain": (on_plain["server_memory_mib"] or {}).get("rss_mib"),
         "mean_rows_per_forward_on": on["mean_rows_per_forward"],
         "served_over_in_process_at_mean_rows_on": on["served_over_in_process_at_mean_rows"],
         "p99_ms_off": off["latency_ms"]["p99"], "p99_ms_on": on["latency_ms"]["p99"],
