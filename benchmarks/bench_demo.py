@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from _result import write_result  # benchmarks/ is on sys.path when a script runs
 
+from rfd.cli.common import CLI_FAST_DEFAULT
+
 GOAL_S = 600.0
 GOAL_OVERHEAD = 1.05
 
@@ -32,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads: per worker (default 1) with several workers, else torch's default")
     ap.add_argument("--workers", type=int, default=None, help="local worker processes (default: the demo's, one per core)")
     ap.add_argument("--out", default=None, help="JSON file to write")
-    ap.add_argument("--fast", default=None, help="forward speed-ups (default: rfd demo's, rfd.cli.common.CLI_FAST_DEFAULT)")
+    ap.add_argument("--fast", default=CLI_FAST_DEFAULT,
+                    help=f"forward speed-ups (default: rfd demo's, {CLI_FAST_DEFAULT})")
     args = ap.parse_args(argv)
-    from rfd.cli.common import CLI_FAST_DEFAULT
     from rfd.eval.demo import default_workers, run_demo
     from rfd.eval.store import ResultStore
 
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     n, budget = (20, 100) if args.quick else (200, 1000)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        fast = args.fast if args.fast is not None else CLI_FAST_DEFAULT
-        res = run_demo(Path(tmp) / "demo", n=n, budget=budget, progress=False, workers=workers, fast=fast,
+        res = run_demo(Path(tmp) / "demo", n=n, budget=budget, progress=False, workers=workers, fast=args.fast,
                        threads=args.threads if workers > 1 else None)
         total = time.perf_counter() - t0
         with ResultStore(res.paths["db"]) as store:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": f"total <= {GOAL_S:.0f} s on 2 CPU cores; overhead <= {GOAL_OVERHEAD}",
         "meets_goal": (total <= GOAL_S) if not args.quick else None,
         "quick": args.quick, "n": n, "budget": budget, "threads": args.threads or torch.get_num_threads(),
-        "workers": workers, "fast": fast,
+        "workers": workers, "fast": args.fast,
         "torch": torch.__version__, "total_s": total, "calibration_s": float(cal[0]),
         "calibration_forwards": int(cal[1]), "attack_s": attack_s, "overhead_ratio": overhead,
         "forwards": forwards, "forwards_per_s": forwards / total,
